@@ -1,0 +1,3 @@
+from hpc_dl.cli import main
+
+raise SystemExit(main())

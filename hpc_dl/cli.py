@@ -1,0 +1,114 @@
+"""``hpc-dl`` command line. Each subcommand is one function; a UserError becomes
+``error: ...`` on stderr and exit code 2 (``--debug`` shows the traceback)."""
+
+import argparse
+import json
+import sys
+import traceback
+
+import hpc_dl
+from hpc_dl.errors import UserError
+
+EPILOG = """\
+examples:
+  hpc-dl train                                   embedded default: CNN on digits, CPU
+  hpc-dl train configs/breast_cancer_mlp.yaml optim.lr=3e-3 train.steps=200
+  hpc-dl train configs/digits_cnn.yaml --run-dir runs/mine --resume auto
+  hpc-dl config configs/digits_cnn.yaml          print the resolved config
+  hpc-dl info                                    versions, devices, Slurm variables
+"""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="YAML config file (default: the embedded default)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=3e-4")
+
+
+def _split_config(args) -> tuple[str | None, list[str]]:
+    # `hpc-dl train optim.lr=1` has an override but no file: argparse put it in `config`.
+    if args.config and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        return None, [args.config, *args.overrides]
+    return args.config, args.overrides
+
+
+def cmd_train(args) -> int:
+    from hpc_dl import config
+    from hpc_dl.train.run import train
+
+    path, overrides = _split_config(args)
+    cfg = config.load(path, overrides)
+    summary = train(cfg, run_dir=args.run_dir, resume=args.resume)
+    test = summary["test"]
+    print(
+        f"done: test accuracy {test['accuracy']:.4f}, test loss {test['loss']:.4f} "
+        f"({summary['steps']} steps, {summary['wall_time_s']:.1f} s)\n"
+        f"results: {summary['run_dir']}/ (summary.json, metrics.jsonl, config.yaml, env.json, "
+        f"loss.png, accuracy.png, checkpoints/)"
+    )
+    return 0
+
+
+def cmd_config(args) -> int:
+    from hpc_dl import config
+
+    path, overrides = _split_config(args)
+    print(config.to_yaml(config.load(path, overrides)), end="")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from hpc_dl.telemetry import manifest
+
+    report = manifest.environment()
+    print(json.dumps(report, indent=2) if args.json else manifest.format_report(report))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hpc-dl",
+        description="Distributed deep-learning training for Slurm clusters.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"hpc_dl {hpc_dl.__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model", description="Train a model from a config.")
+    _add_config_args(t)
+    t.add_argument("--run-dir", help="run directory (default: log.dir/<data>-<model>-<time or job id>)")
+    t.add_argument(
+        "--resume",
+        metavar="auto|PATH",
+        help="auto: continue from the newest good checkpoint in the run directory, if any; "
+        "PATH: a checkpoint file or a run directory",
+    )
+    t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("config", help="print the resolved config", description="Validate and print a config.")
+    _add_config_args(c)
+    c.set_defaults(func=cmd_config)
+
+    i = sub.add_parser("info", help="print the environment report", description="Versions, devices, Slurm.")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    if not args.command:  # `hpc-dl` alone: show what it can do
+        parser().print_help()
+        return 0
+    try:
+        return args.func(args)
+    except UserError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,400 @@
+"""The run configuration: typed sections, YAML files, dotted overrides, validation.
+
+Every option hpc_dl knows is declared in this file, so this is the place to read
+what a config may say. The dataclass defaults are the embedded default run (a
+small CNN on scikit-learn's digits, on the CPU). A section whose type is a union
+of dataclasses (``model``, ``data``) picks its variant by its ``name`` key.
+
+Validation is strict: unknown keys are errors with a suggestion, values are
+checked against their type and bounds, and every error names the field, the bad
+value and where it came from (file or command-line override).
+"""
+
+import dataclasses
+import difflib
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from hpc_dl.errors import ConfigError
+
+
+def _opt(default: Any, help: str, **bounds: float) -> Any:
+    """A field with a help text and numeric bounds (gt, ge, lt, le)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **bounds})
+    return field(default=default, metadata={"help": help, **bounds})
+
+
+# --------------------------------------------------------------------- models
+@dataclass
+class MLPConfig:
+    name: Literal["mlp"] = "mlp"
+    hidden: list[int] = _opt([64, 32], "hidden layer widths; [] is a single perceptron", ge=1)
+    activation: Literal["relu", "tanh", "gelu", "sigmoid"] = _opt("relu", "hidden activation")
+    dropout: float = _opt(0.0, "dropout after each hidden layer", ge=0, lt=1)
+
+
+@dataclass
+class CNNConfig:
+    name: Literal["cnn"] = "cnn"
+    channels: list[int] = _opt([32, 64], "output channels of each conv-pool block", ge=1)
+    kernel_size: int = _opt(3, "conv kernel size (odd, 'same' padding)", ge=1)
+    batch_norm: bool = _opt(True, "BatchNorm after each conv")
+    hidden: int = _opt(128, "width of the classifier's hidden layer; 0 for none", ge=0)
+    dropout: float = _opt(0.25, "dropout before the classifier's last layer", ge=0, lt=1)
+
+
+ModelConfig = Union[MLPConfig, CNNConfig]
+
+
+# ----------------------------------------------------------------------- data
+@dataclass
+class _DataCommon:
+    batch_size: int = _opt(64, "micro-batch size per process", ge=1)
+    eval_batch_size: int = _opt(512, "batch size for evaluation", ge=1)
+    val_fraction: float = _opt(0.15, "share of the samples held out for validation", gt=0, lt=1)
+    test_fraction: float = _opt(0.15, "share of the samples held out for the test", gt=0, lt=1)
+    split_seed: int = _opt(0, "seed of the train/val/test split (fixed across training seeds)", ge=0)
+    num_workers: int = _opt(0, "DataLoader worker processes", ge=0)
+
+
+@dataclass
+class DigitsConfig(_DataCommon):
+    """scikit-learn's 8x8 handwritten digits, 1797 images, 10 classes."""
+
+    name: Literal["digits"] = "digits"
+
+
+@dataclass
+class BreastCancerConfig(_DataCommon):
+    """scikit-learn's Wisconsin breast-cancer set: 569 rows, 30 features, binary."""
+
+    name: Literal["breast_cancer"] = "breast_cancer"
+    scaling: Literal["standard", "minmax"] = _opt("standard", "feature scaling, fitted on train only")
+
+
+DataConfig = Union[DigitsConfig, BreastCancerConfig]
+
+
+# -------------------------------------------------------------- optimisation
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adam", "adamw"] = _opt("adamw", "optimizer")
+    lr: float = _opt(3e-3, "peak learning rate", gt=0)
+    weight_decay: float = _opt(0.01, "weight decay (decoupled for adamw)", ge=0)
+    momentum: float = _opt(0.9, "SGD momentum", ge=0, lt=1)
+    nesterov: bool = _opt(False, "Nesterov momentum (SGD only)")
+    betas: list[float] = _opt([0.9, 0.999], "Adam/AdamW betas", ge=0, lt=1)
+    eps: float = _opt(1e-8, "Adam/AdamW epsilon", gt=0)
+    schedule: Literal["cosine", "step", "constant"] = _opt("cosine", "LR schedule after warm-up")
+    warmup_steps: int = _opt(0, "linear warm-up steps from 0 to lr", ge=0)
+    min_lr_ratio: float = _opt(0.0, "cosine: final lr as a fraction of lr", ge=0, le=1)
+    step_size: int = _opt(100, "step: multiply lr by gamma every step_size steps", ge=1)
+    gamma: float = _opt(0.1, "step: decay factor", gt=0, le=1)
+
+
+@dataclass
+class TrainConfig:
+    steps: int | None = _opt(None, "optimizer steps (give steps or epochs)", ge=1)
+    epochs: float | None = _opt(8.0, "passes over the training split (give steps or epochs)", gt=0)
+    grad_accum: int = _opt(1, "micro-batches per optimizer step", ge=1)
+    grad_clip: float | None = _opt(1.0, "clip the global gradient norm; null for none", gt=0)
+    eval_every: int = _opt(100, "evaluate on the validation split every N steps; 0 only at end", ge=0)
+    seed: int = _opt(0, "seed for weights, shuffling and dropout", ge=0)
+    deterministic: bool = _opt(False, "deterministic kernels (slower on GPU)")
+    device: Literal["auto", "cpu", "cuda"] = _opt("auto", "auto: CUDA when present, else CPU")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _opt(
+        "auto", "auto: bf16 autocast on GPUs that support it, fp32 on the CPU"
+    )
+    tf32: bool = _opt(True, "TF32 matmuls/convs on Ampere and newer GPUs")
+    channels_last: bool = _opt(False, "channels_last memory format for conv nets")
+    compile: bool = _opt(False, "torch.compile the model")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = _opt("default", "torch.compile mode")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = _opt(0, "save every N steps; 0 only at the end", ge=0)
+    keep_last: int = _opt(3, "checkpoints kept on disk (oldest deleted first)", ge=1)
+
+
+@dataclass
+class LogConfig:
+    dir: str = _opt("runs", "parent folder of run directories")
+    run_name: str | None = _opt(None, "run directory name; default <data>-<model>-<time or job id>")
+    every: int = _opt(10, "steps between metrics records and plain progress lines", ge=1)
+    progress: Literal["auto", "bar", "plain", "off"] = _opt(
+        "auto", "auto: a bar on a terminal, plain lines otherwise (Slurm logs)"
+    )
+    plots: bool = _opt(True, "write PNG plots of the curves at the end")
+
+
+@dataclass
+class DistConfig:
+    strategy: Literal["single"] = _opt("single", "single process (ddp and deepspeed come next)")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=CNNConfig)
+    data: DataConfig = field(default_factory=DigitsConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+
+# ------------------------------------------------------------------- loading
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false, so `progress: off` stays the string 'off'."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML file (or the embedded default), apply ``a.b=value`` overrides, validate."""
+    tree: dict = {}
+    source = "the embedded default"
+    if path is not None:
+        source = str(path)
+        tree = _read_yaml(Path(path))
+    origins = {}
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_dotted(tree, key, value, item)
+        origins[key] = f"override '{item}'"
+    train = tree.get("train")
+    if isinstance(train, dict) and train.get("steps") is not None and "epochs" not in train:
+        train["epochs"] = None  # giving steps replaces the default epoch count
+    cfg = _Builder(source, origins).build(Config, tree, "")
+    _check(cfg, _Builder(source, origins))
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        tree = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {_kind(tree)}")
+    return tree
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{item}' is not of the form section.key=value")
+    try:
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else raw
+    except yaml.YAMLError:
+        value = raw  # e.g. an unquoted string with a colon: keep it as text
+    return key, value
+
+
+def _set_dotted(tree: dict, key: str, value: Any, item: str) -> None:
+    *parents, leaf = key.split(".")
+    node = tree
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            prefix = ".".join(parents[: i + 1])
+            raise ConfigError(f"override '{item}': '{prefix}' is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def _all_paths(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key the schema knows, over all variants (for suggestions)."""
+    paths = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        paths.append(path)
+        for variant in _dataclass_variants(hints[f.name]):
+            paths += _all_paths(variant, path + ".")
+    return paths
+
+
+def _dataclass_variants(tp: Any) -> list[type]:
+    if dataclasses.is_dataclass(tp):
+        return [tp]
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+    return []
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+class _Builder:
+    """Turns a tree of plain values into dataclasses, raising ConfigError on the first fault."""
+
+    def __init__(self, source: str, origins: dict[str, str]):
+        self.source = source
+        self.origins = origins
+
+    def fail(self, path: str, value: Any, reason: str) -> typing.NoReturn:
+        origin = next((o for k, o in self.origins.items() if path == k or path.startswith(k + ".")), self.source)
+        shown = repr(value) if not isinstance(value, (dict, list)) else _kind(value)
+        raise ConfigError(f"{path} = {shown} ({origin}): {reason}")
+
+    def build(self, cls: type, tree: Any, path: str, default: Any = None) -> Any:
+        variants = _dataclass_variants(cls)
+        if tree is None and default is not None:
+            return default
+        if not isinstance(tree, dict):
+            self.fail(path or "config", tree, "must be a mapping of keys to values")
+        if len(variants) > 1:
+            cls = self._pick_variant(variants, tree, path, default)
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key in tree:
+            if key not in fields:
+                self._unknown(str(key), f"{path}." if path else "", list(fields))
+        kwargs = {}
+        for key, value in tree.items():
+            sub = f"{path}.{key}" if path else key
+            f = fields[key]
+            default_value = getattr(cls(), key) if _dataclass_variants(hints[key]) else None
+            kwargs[key] = self.value(hints[key], value, sub, f.metadata, default_value)
+        return cls(**kwargs)
+
+    def _pick_variant(self, variants: list[type], tree: dict, path: str, default: Any) -> type:
+        names = {typing.get_args(typing.get_type_hints(v)["name"])[0]: v for v in variants}
+        if "name" not in tree:
+            return type(default)
+        name = tree["name"]
+        if name not in names:
+            self.fail(f"{path}.name", name, self._choices(name, list(names)))
+        return names[name]
+
+    def _unknown(self, key: str, prefix: str, siblings: list[str]) -> typing.NoReturn:
+        full = prefix + key
+        everywhere = _all_paths(Config)
+        close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
+        elsewhere = [p for p in everywhere if p.rsplit(".", 1)[-1] == key and p != full]
+        if full in everywhere:  # a key of another variant, e.g. model.channels on an mlp
+            hint = f"; it belongs to another '{prefix.rstrip('.')}' variant (see its 'name')."
+        elif close:
+            hint = f"; did you mean '{prefix}{close[0]}'?"
+        elif elsewhere:
+            hint = f"; did you mean '{elsewhere[0]}'?"
+        else:
+            hint = "."
+        valid = ", ".join(siblings)
+        origin = next((o for k, o in self.origins.items() if k == full), self.source)
+        raise ConfigError(f"unknown key '{full}' ({origin}){hint} Valid keys here: {valid}")
+
+    @staticmethod
+    def _choices(value: Any, choices: list) -> str:
+        msg = "must be one of " + ", ".join(str(c) for c in choices)
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        return msg + (f" (did you mean '{close[0]}'?)" if close else "")
+
+    def value(self, tp: Any, value: Any, path: str, meta: dict, default: Any = None) -> Any:
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if _dataclass_variants(tp):
+            return self.build(tp, value, path, default)
+        if origin in (Union, types.UnionType):  # Optional[X]
+            if value is None:
+                return None
+            (inner,) = [a for a in args if a is not type(None)]
+            return self.value(inner, value, path, meta)
+        if origin is Literal:
+            if value not in args:
+                self.fail(path, value, self._choices(value, list(args)))
+            return value
+        if origin is list:
+            if not isinstance(value, (list, tuple)):
+                self.fail(path, value, f"must be a list, got {_kind(value)}")
+            return [self.value(args[0], v, f"{path}[{i}]", meta) for i, v in enumerate(value)]
+        if tp is bool:
+            if not isinstance(value, bool):
+                self.fail(path, value, "must be true or false")
+            return value
+        if tp is str:
+            if isinstance(value, (dict, list)) or value is None:
+                self.fail(path, value, "must be a string")
+            return str(value)
+        if tp in (int, float):
+            return self._number(tp, value, path, meta)
+        raise TypeError(f"config type {tp} of {path} is not supported")  # a bug in this file
+
+    def _number(self, tp: type, value: Any, path: str, meta: dict) -> float:
+        # PyYAML reads 3e-4 (no dot) as a string, so numeric strings are accepted.
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                self.fail(path, value, f"must be {'an integer' if tp is int else 'a number'}")
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            self.fail(path, value, f"must be {'an integer' if tp is int else 'a number'}")
+        if not math.isfinite(number):
+            self.fail(path, value, "must be finite")
+        if tp is int:
+            if number != int(number):
+                self.fail(path, value, "must be an integer")
+            number = int(number)
+        else:
+            number = float(number)
+        for key, ok, word in (
+            ("gt", lambda b: number > b, ">"),
+            ("ge", lambda b: number >= b, ">="),
+            ("lt", lambda b: number < b, "<"),
+            ("le", lambda b: number <= b, "<="),
+        ):
+            if key in meta and not ok(meta[key]):
+                self.fail(path, value, f"must be {word} {meta[key]}")
+        return number
+
+
+def _check(cfg: Config, b: _Builder) -> None:
+    """Rules that involve more than one field."""
+    t, o, d = cfg.train, cfg.optim, cfg.data
+    if (t.steps is None) == (t.epochs is None):
+        b.fail("train.steps", t.steps, "give exactly one of train.steps and train.epochs (set the other to null)")
+    if o.nesterov and (o.name != "sgd" or o.momentum == 0):
+        b.fail("optim.nesterov", True, "needs optim.name=sgd and optim.momentum > 0")
+    if len(o.betas) != 2:
+        b.fail("optim.betas", o.betas, "must hold two numbers")
+    if d.val_fraction + d.test_fraction >= 1:
+        b.fail("data.test_fraction", d.test_fraction, "val_fraction + test_fraction must be < 1")
+    if t.steps is not None and o.warmup_steps >= t.steps:
+        b.fail("optim.warmup_steps", o.warmup_steps, f"must be < train.steps ({t.steps})")

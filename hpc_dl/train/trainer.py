@@ -1,0 +1,193 @@
+"""The training loop: one loop for every model, data set and strategy.
+
+What differs between one CPU process, DDP and DeepSpeed lives in the strategy
+(backward, optimizer step, gradient sync, reductions, state); what is observed
+(metrics file, progress, later W&B) receives records through ``observers``.
+"""
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpc_dl.config import Config, to_dict
+from hpc_dl.data import Splits
+from hpc_dl.data.loader import BatchStream, eval_loader
+from hpc_dl.dist.strategy import Strategy
+from hpc_dl.errors import ConfigError
+from hpc_dl.train import precision, rng
+from hpc_dl.train.checkpoint import CheckpointDir
+from hpc_dl.train.optim import build_optimizer, build_scheduler
+
+
+def _binary_loss(logits, y, reduction="mean"):
+    return F.binary_cross_entropy_with_logits(logits.squeeze(-1).float(), y.float(), reduction=reduction)
+
+
+def _multiclass_loss(logits, y, reduction="mean"):
+    return F.cross_entropy(logits.float(), y, reduction=reduction)
+
+
+def _binary_correct(logits, y):
+    return ((logits.squeeze(-1) > 0).long() == y).sum()
+
+
+def _multiclass_correct(logits, y):
+    return (logits.argmax(-1) == y).sum()
+
+
+TASKS = {"binary": (_binary_loss, _binary_correct), "multiclass": (_multiclass_loss, _multiclass_correct)}
+
+
+class Trainer:
+    def __init__(self, cfg: Config, strategy: Strategy, splits: Splits, model: nn.Module):
+        t = cfg.train
+        self.cfg, self.strategy, self.splits, self.device = cfg, strategy, splits, strategy.device
+        self.dtype = precision.autocast_dtype(t.precision, self.device)
+        self.stream = BatchStream(
+            splits.train, cfg.data.batch_size, t.seed, strategy.rank, strategy.world_size,
+            cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+        per_epoch = self.stream.batches_per_epoch / t.grad_accum
+        self.total_steps = t.steps or max(1, math.ceil(t.epochs * per_epoch))
+        if cfg.optim.warmup_steps >= self.total_steps:
+            raise ConfigError(
+                f"optim.warmup_steps = {cfg.optim.warmup_steps}: must be < the run's {self.total_steps} steps"
+            )
+        module = precision.prepare_model(model, self.device, t.channels_last)
+        optimizer = build_optimizer(module, cfg.optim, self.device)
+        scheduler = build_scheduler(optimizer, cfg.optim, self.total_steps)
+        scaler = precision.grad_scaler(self.device, self.dtype)
+        self.model = strategy.setup(
+            module, optimizer, scheduler, scaler, wrap=lambda m: precision.maybe_compile(m, t.compile, t.compile_mode)
+        )
+        self.loss_fn, self.correct_fn = TASKS[splits.spec.task]
+        self.step = 0
+        self.observers: list[Callable[[dict], None]] = []
+
+    # ----------------------------------------------------------------- loop
+    def fit(self, checkpoints: CheckpointDir | None = None, on_step: Callable[[int], None] = lambda s: None) -> dict:
+        t, accum, log_every = self.cfg.train, self.cfg.train.grad_accum, self.cfg.log.every
+        batches = iter(self.stream)
+        window = _Window(self)
+        while self.step < self.total_steps:
+            self.model.train()
+            lr = self.strategy.optimizer.param_groups[0]["lr"]
+            for micro in range(accum):
+                x, y = self._to_device(next(batches))
+                with self.strategy.no_sync(micro == accum - 1), precision.autocast(self.device, self.dtype):
+                    loss = self.loss_fn(self.model(x), y)
+                self.strategy.backward(loss / accum)
+                window.add(loss.detach(), len(y))
+            window.grad_norm = self.strategy.step(t.grad_clip)
+            self.step += 1
+            on_step(self.step)
+
+            last = self.step == self.total_steps
+            if self.step % log_every == 0 or last:
+                self._emit(window.record(lr))
+            if t.eval_every and self.step % t.eval_every == 0 and not last:
+                self._emit(self.evaluate("val"))
+                window.restart_clock()  # throughput counts training only
+            if checkpoints and self.cfg.checkpoint.every and self.step % self.cfg.checkpoint.every == 0 and not last:
+                self.save(checkpoints)
+                window.restart_clock()
+        results = {split: self.evaluate(split) for split in ("val", "test")}
+        for record in results.values():
+            self._emit(record)
+        if checkpoints:
+            self.save(checkpoints)
+        return results
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict:
+        self.model.eval()
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, samples
+        ws = self.strategy
+        for batch in eval_loader(getattr(self.splits, split), self.cfg.data.eval_batch_size, ws.rank, ws.world_size):
+            x, y = self._to_device(batch)
+            with precision.autocast(self.device, self.dtype):
+                logits = self.model(x)
+            totals += torch.stack([self.loss_fn(logits, y, "sum"), self.correct_fn(logits, y), torch.tensor(len(y))])
+        loss, correct, n = ws.all_reduce_sum(totals).tolist()
+        return {"split": split, "step": self.step, "loss": loss / n, "accuracy": correct / n, "samples": int(n)}
+
+    def _to_device(self, batch):
+        x, y = batch
+        x = x.to(self.device, non_blocking=True)
+        if self.cfg.train.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+    def _emit(self, record: dict) -> None:
+        if self.strategy.is_main:
+            for observe in self.observers:
+                observe(record)
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        return {
+            **self.strategy.state_dict(),
+            "step": self.step,
+            "data": self.stream.state_dict(),
+            "rng": rng.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.strategy.load_state_dict(state)
+        self.step = int(state["step"])
+        self.stream.load_state_dict(state["data"])
+        rng.set_state(state["rng"])
+
+    def save(self, checkpoints: CheckpointDir) -> None:
+        state = self.state_dict()  # every rank takes part (needed by sharded strategies)
+        if self.strategy.is_main:
+            checkpoints.save(self.step, {**state, "config": to_dict(self.cfg)})
+
+    @property
+    def epoch(self) -> float:
+        return self.stream.epoch + self.stream.batch / self.stream.batches_per_epoch
+
+
+class _Window:
+    """Training loss and throughput over one logging window, kept on the device
+    so the hot loop never waits for it; read (one sync) only when logged."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.grad_norm = torch.zeros(())
+        self.reset()
+
+    def reset(self):
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.trainer.device)
+        self.samples = 0
+        self.restart_clock()
+
+    def restart_clock(self):
+        self.t0 = time.perf_counter()
+        self.timed_samples = 0
+
+    def add(self, loss: torch.Tensor, n: int) -> None:
+        self.loss_sum += loss.double() * n
+        self.samples += n
+        self.timed_samples += n
+
+    def record(self, lr: float) -> dict:
+        tr = self.trainer
+        totals = torch.stack([self.loss_sum, torch.tensor(float(self.samples), dtype=torch.float64, device=tr.device)])
+        loss_sum, samples = tr.strategy.all_reduce_sum(totals).tolist()
+        elapsed = time.perf_counter() - self.t0
+        record = {
+            "split": "train",
+            "step": tr.step,
+            "epoch": round(tr.epoch, 4),
+            "loss": loss_sum / samples,
+            "lr": lr,
+            "grad_norm": float(self.grad_norm),
+            "samples_per_s": self.timed_samples * tr.strategy.world_size / elapsed if elapsed > 0 else None,
+        }
+        self.reset()
+        return record
