@@ -178,9 +178,13 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
         key, value = _parse_override(item)
         _set_dotted(tree, key, value, item)
         origins[key] = f"override '{item}'"
+    # Run length is steps or epochs: giving one replaces the other, unless both are given at one level.
     train = tree.get("train")
-    if isinstance(train, dict) and train.get("steps") is not None and "epochs" not in train:
-        train["epochs"] = None  # giving steps replaces the default epoch count
+    if isinstance(train, dict):
+        for given, other in (("steps", "epochs"), ("epochs", "steps")):
+            on_cli = f"train.{given}" in origins and f"train.{other}" not in origins
+            if train.get(given) is not None and (on_cli or other not in train):
+                train[other] = None
     cfg = _Builder(source, origins).build(Config, tree, "")
     _check(cfg, _Builder(source, origins))
     return cfg
@@ -258,6 +262,12 @@ def _dataclass_variants(tp: Any) -> list[type]:
     return []
 
 
+def _related(path: str, key: str) -> bool:
+    """Whether the override ``key`` set ``path``, a part of it, or something below it."""
+    a, b = sorted((path, key), key=len)
+    return a == b or b.startswith((a + ".", a + "["))
+
+
 def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", type(None): "null"}.get(type(value), type(value).__name__)
 
@@ -270,7 +280,7 @@ class _Builder:
         self.origins = origins
 
     def fail(self, path: str, value: Any, reason: str) -> typing.NoReturn:
-        origin = next((o for k, o in self.origins.items() if path == k or path.startswith(k + ".")), self.source)
+        origin = next((o for k, o in self.origins.items() if _related(path, k)), self.source)
         shown = repr(value) if not isinstance(value, (dict, list)) else _kind(value)
         raise ConfigError(f"{path} = {shown} ({origin}): {reason}")
 
@@ -396,5 +406,3 @@ def _check(cfg: Config, b: _Builder) -> None:
         b.fail("optim.betas", o.betas, "must hold two numbers")
     if d.val_fraction + d.test_fraction >= 1:
         b.fail("data.test_fraction", d.test_fraction, "val_fraction + test_fraction must be < 1")
-    if t.steps is not None and o.warmup_steps >= t.steps:
-        b.fail("optim.warmup_steps", o.warmup_steps, f"must be < train.steps ({t.steps})")

@@ -54,8 +54,9 @@ class BatchStream:
             )
             for batch in loader:
                 self.batch += 1
+                if self.batch == self.batches_per_epoch:
+                    self.epoch, self.batch = self.epoch + 1, 0
                 yield batch
-            self.epoch, self.batch = self.epoch + 1, 0
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batch": self.batch}

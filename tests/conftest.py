@@ -1,0 +1,41 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+
+
+def run_cli(*args, cwd=None, env=None, timeout=300, check=True) -> subprocess.CompletedProcess:
+    """Run ``python -m hpc_dl ARGS`` in a fresh process, as a user would."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpc_dl", *map(str, args)],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"hpc-dl {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+SECRET = "sk-test-0123456789abcdef-do-not-log"
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory):
+    """`hpc-dl train` with no arguments (the embedded default), as a Slurm job would start
+    it, with an API key in the environment that must not end up in any file."""
+    cwd = tmp_path_factory.mktemp("default")
+    env = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "1", "WANDB_API_KEY": SECRET, "HF_TOKEN": SECRET}
+    proc = run_cli("train", cwd=cwd, env=env)
+    return cwd / "runs" / "digits-cnn-job4242", proc
