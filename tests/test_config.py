@@ -1,5 +1,7 @@
 """Config loading, overrides and the errors a user sees."""
 
+import re
+
 import pytest
 import yaml
 
@@ -62,8 +64,7 @@ def test_resolved_config_round_trips(tmp_path):
 def test_bad_values_name_field_value_and_source(overrides, expected):
     with pytest.raises(ConfigError, match=expected) as info:
         config.load(None, overrides)
-    if "=" in overrides[-1] and "." in overrides[-1].split("=")[0] and "exactly one" not in expected:
-        assert "override" in str(info.value)
+    assert "override" in str(info.value)
 
 
 def test_malformed_yaml_names_file_and_line(tmp_path):
@@ -97,8 +98,6 @@ def test_cli_reports_config_errors_with_exit_2_and_no_traceback(tmp_path, capsys
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
-    import re
-
     assert re.search(expected, err), err
     assert not (tmp_path / "run").exists()  # nothing written for a run that never started
 

@@ -2,7 +2,7 @@
 
 from sklearn.datasets import load_digits
 
-from hpc_dl.data import DataSpec, Splits, split_indices, tensor_splits
+from hpc_dl.data.spec import DataSpec, Splits, split_indices, tensor_splits
 
 
 def digits(cfg) -> Splits:

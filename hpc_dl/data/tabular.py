@@ -3,7 +3,7 @@
 import numpy as np
 from sklearn.datasets import load_breast_cancer
 
-from hpc_dl.data import DataSpec, Splits, split_indices, tensor_splits
+from hpc_dl.data.spec import DataSpec, Splits, split_indices, tensor_splits
 
 
 def fit_scaler(x_train: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:

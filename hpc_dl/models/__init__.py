@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from hpc_dl.data import DataSpec
+from hpc_dl.data.spec import DataSpec
 from hpc_dl.models.cnn import SmallCNN
 from hpc_dl.models.mlp import MLP
 

@@ -124,7 +124,7 @@ def train(cfg: config.Config, run_dir: str | None = None, resume: str | None = N
         "wall_time_s": round(time.perf_counter() - t0, 3),
         "val": {k: v for k, v in results["val"].items() if k not in ("split", "step")},
         "test": {k: v for k, v in results["test"].items() if k not in ("split", "step")},
-        "checkpoint": str(ckpts.latest()) if ckpts.latest() else None,
+        "checkpoint": str(ckpts.latest()),
     }
     if main:
         write_json(out / "summary.json", summary)

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpc_dl.config import Config, to_dict
-from hpc_dl.data import Splits
 from hpc_dl.data.loader import BatchStream, eval_loader
+from hpc_dl.data.spec import Splits
 from hpc_dl.dist.strategy import Strategy
 from hpc_dl.errors import ConfigError
 from hpc_dl.train import precision, rng

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from hpc_dl import config, models
-from hpc_dl.data import DataSpec
+from hpc_dl.data.spec import DataSpec
 from hpc_dl.errors import ConfigError
 
 TABULAR = DataSpec(input_shape=(30,), num_classes=2, class_names=["a", "b"])
