@@ -106,7 +106,7 @@ class TrainConfig:
     epochs: float | None = _opt(8.0, "passes over the training split (give steps or epochs)", gt=0)
     grad_accum: int = _opt(1, "micro-batches per optimizer step", ge=1)
     grad_clip: float | None = _opt(1.0, "clip the global gradient norm; null for none", gt=0)
-    eval_every: int = _opt(100, "evaluate on the validation split every N steps; 0 only at end", ge=0)
+    eval_every: int = _opt(20, "evaluate on the validation split every N steps; 0 only at end", ge=0)
     seed: int = _opt(0, "seed for weights, shuffling and dropout", ge=0)
     deterministic: bool = _opt(False, "deterministic kernels (slower on GPU)")
     device: Literal["auto", "cpu", "cuda"] = _opt("auto", "auto: CUDA when present, else CPU")

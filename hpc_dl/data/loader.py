@@ -66,7 +66,13 @@ class BatchStream:
 
 
 def eval_loader(dataset: Dataset, batch_size: int, rank=0, world_size=1, num_workers=0) -> DataLoader:
-    """Rank r evaluates samples r, r+world, ...: each sample exactly once over all ranks."""
+    """Rank r evaluates samples r, r+world, ...: each sample exactly once over all ranks.
+    Its own generator keeps the loader off the global RNG, so how often a run
+    evaluates does not change its dropout masks."""
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=range(rank, len(dataset), world_size), num_workers=num_workers
+        dataset,
+        batch_size=batch_size,
+        sampler=range(rank, len(dataset), world_size),
+        num_workers=num_workers,
+        generator=torch.Generator(),
     )

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
-    """loss.png (train and val) and accuracy.png (val), if there is anything to draw."""
+    """loss.png and accuracy.png: training (per log window) and validation curves."""
     written = []
     for metric, name in (("loss", "loss.png"), ("accuracy", "accuracy.png")):
         series = {}

@@ -79,9 +79,10 @@ class Trainer:
             for micro in range(accum):
                 x, y = self._to_device(next(batches))
                 with self.strategy.no_sync(micro == accum - 1), precision.autocast(self.device, self.dtype):
-                    loss = self.loss_fn(self.model(x), y)
+                    logits = self.model(x)
+                    loss = self.loss_fn(logits, y)
                 self.strategy.backward(loss / accum)
-                window.add(loss.detach(), len(y))
+                window.add(loss.detach(), self.correct_fn(logits.detach(), y), len(y))
             window.grad_norm = self.strategy.step(t.grad_clip)
             self.step += 1
             on_step(self.step)
@@ -162,29 +163,29 @@ class _Window:
         self.reset()
 
     def reset(self):
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.trainer.device)
-        self.samples = 0
+        self.sums = torch.zeros(3, dtype=torch.float64, device=self.trainer.device)  # loss, correct, samples
         self.restart_clock()
 
     def restart_clock(self):
         self.t0 = time.perf_counter()
         self.timed_samples = 0
 
-    def add(self, loss: torch.Tensor, n: int) -> None:
-        self.loss_sum += loss.double() * n
-        self.samples += n
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int) -> None:
+        self.sums[0] += loss.double() * n
+        self.sums[1] += correct
+        self.sums[2] += n
         self.timed_samples += n
 
     def record(self, lr: float) -> dict:
         tr = self.trainer
-        totals = torch.stack([self.loss_sum, torch.tensor(float(self.samples), dtype=torch.float64, device=tr.device)])
-        loss_sum, samples = tr.strategy.all_reduce_sum(totals).tolist()
+        loss_sum, correct, samples = tr.strategy.all_reduce_sum(self.sums).tolist()
         elapsed = time.perf_counter() - self.t0
         record = {
             "split": "train",
             "step": tr.step,
             "epoch": round(tr.epoch, 4),
             "loss": loss_sum / samples,
+            "accuracy": correct / samples,
             "lr": lr,
             "grad_norm": float(self.grad_norm),
             "samples_per_s": self.timed_samples * tr.strategy.world_size / elapsed if elapsed > 0 else None,

@@ -41,7 +41,8 @@ def test_metrics_records(default_run):
     run_dir, _ = default_run
     records = read(run_dir / "metrics.jsonl")
     train = [r for r in records if r["split"] == "train"]
-    assert {"step", "epoch", "loss", "lr", "grad_norm", "samples_per_s"} <= set(train[0])
+    assert {"step", "epoch", "loss", "accuracy", "lr", "grad_norm", "samples_per_s"} <= set(train[0])
+    assert train[-1]["accuracy"] > train[0]["accuracy"]
     assert [r["step"] for r in train][:3] == [10, 20, 30] and train[-1]["step"] == 152
     assert all(r["samples_per_s"] > 0 for r in train)
     assert train[-1]["loss"] < train[0]["loss"]

@@ -139,6 +139,13 @@ def test_seeded_runs_repeat_and_seeds_differ(tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_evaluating_more_often_does_not_change_training(tmp_path):
+    _quick(tmp_path, "train.eval_every=0", name="rare")
+    _quick(tmp_path, "train.eval_every=3", name="often")
+    rare, often = _params(tmp_path / "rare"), _params(tmp_path / "often")
+    assert all(torch.equal(rare[k], often[k]) for k in rare)
+
+
 def test_gradient_clipping_bounds_the_update():
     model = torch.nn.Linear(4, 1)
     before = [p.detach().clone() for p in model.parameters()]
