@@ -51,7 +51,46 @@ class CNNConfig:
     dropout: float = _opt(0.25, "dropout before the classifier's last layer", ge=0, lt=1)
 
 
-ModelConfig = Union[MLPConfig, CNNConfig]
+@dataclass
+class LeNetConfig:
+    """LeNet-5 as in LeCun et al. 1998: 32x32 input, tanh, average pooling, about 61k parameters."""
+
+    name: Literal["lenet5"] = "lenet5"
+
+
+@dataclass
+class TorchvisionConfig:
+    """torchvision's implementation, randomly initialised."""
+
+    name: Literal["alexnet", "vgg11", "vgg16", "googlenet", "resnet18", "resnet50"] = "resnet18"
+    small_input: bool = _opt(
+        False, "adapt the stem for small images (e.g. 32x32): 3x3 stride-1 first conv, no early pooling"
+    )
+
+
+@dataclass
+class CifarResNetConfig:
+    """He et al. 2016's CIFAR ResNets (6n+2 layers, three stages of width 16, 32, 64)."""
+
+    name: Literal["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"] = "resnet20"
+    width: int = _opt(16, "channels of the first stage (doubled in each later one)", ge=1)
+
+
+@dataclass
+class GPTConfig:
+    """Decoder-only transformer (GPT-2 layout, pre-norm). The context length is data.block_size."""
+
+    name: Literal["gpt"] = "gpt"
+    n_layer: int = _opt(4, "transformer blocks", ge=1)
+    n_head: int = _opt(4, "attention heads", ge=1)
+    n_embd: int = _opt(128, "model width; divisible by n_head", ge=1)
+    dropout: float = _opt(0.0, "dropout on attention output, MLP and embeddings", ge=0, lt=1)
+    bias: bool = _opt(False, "biases in linear layers and LayerNorms")
+    tie_weights: bool = _opt(True, "share the token embedding with the output layer")
+    pad_vocab_to: int = _opt(64, "round the output layer up to a multiple of this, for fast matmuls", ge=1)
+
+
+ModelConfig = Union[MLPConfig, CNNConfig, LeNetConfig, TorchvisionConfig, CifarResNetConfig, GPTConfig]
 
 
 # ----------------------------------------------------------------------- data
@@ -63,6 +102,21 @@ class _DataCommon:
     test_fraction: float = _opt(0.15, "share of the samples held out for the test", gt=0, lt=1)
     split_seed: int = _opt(0, "seed of the train/val/test split (fixed across training seeds)", ge=0)
     num_workers: int = _opt(0, "DataLoader worker processes", ge=0)
+    persistent_workers: bool = _opt(False, "keep loader workers alive across epochs")
+    pin_memory: bool = _opt(True, "page-locked host batches for faster copies to a GPU (ignored on the CPU)")
+    on_device: bool = _opt(False, "in-memory data sets: hold the tensors on the training device")
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation (torchvision transforms.v2, or batched on the device)."""
+
+    crop_padding: int = _opt(0, "random crop of the original size after zero-padding by this many pixels", ge=0)
+    hflip: bool = _opt(False, "random horizontal flip")
+    color_jitter: float = _opt(0.0, "strength of random brightness/contrast/saturation changes", ge=0, le=1)
+    erasing: float = _opt(0.0, "probability of random erasing (cutout) per image", ge=0, le=1)
+    on_device: bool = _opt(False, "augment whole batches on the training device instead of in loader workers")
+    eval: bool = _opt(False, "also augment validation/test batches (normally train only)")
 
 
 @dataclass
@@ -70,6 +124,8 @@ class DigitsConfig(_DataCommon):
     """scikit-learn's 8x8 handwritten digits, 1797 images, 10 classes."""
 
     name: Literal["digits"] = "digits"
+    image_size: int = _opt(8, "upsample the 8x8 images (e.g. 32 for LeNet-5 or ResNets)", ge=8)
+    channels: int = _opt(1, "repeat the grey channel (3 for models built for RGB)", ge=1)
 
 
 @dataclass
@@ -80,7 +136,67 @@ class BreastCancerConfig(_DataCommon):
     scaling: Literal["standard", "minmax"] = _opt("standard", "feature scaling, fitted on train only")
 
 
-DataConfig = Union[DigitsConfig, BreastCancerConfig]
+@dataclass
+class CifarConfig(_DataCommon):
+    """CIFAR-10/100 from the official python version (cifar-10-batches-py, cifar-100-python)."""
+
+    name: Literal["cifar10", "cifar100"] = "cifar10"
+    root: str = _opt("data", "folder that holds cifar-10-batches-py/ or cifar-100-python/")
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(crop_padding=4, hflip=True))
+
+
+@dataclass
+class ImageFolderConfig(_DataCommon):
+    """An ImageNet-style tree: root/train/<class>/*.JPEG, root/val/<class>/..., optional root/test/."""
+
+    name: Literal["imagefolder"] = "imagefolder"
+    root: str = _opt("data/imagenet", "folder with train/ and val/ (and optionally test/)")
+    image_size: int = _opt(224, "side of the square crop fed to the model", ge=8)
+    mean: list[float] = _opt([0.485, 0.456, 0.406], "per-channel normalisation mean (ImageNet's)")
+    std: list[float] = _opt([0.229, 0.224, 0.225], "per-channel normalisation std (ImageNet's)", gt=0)
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(hflip=True))
+
+
+@dataclass
+class CSVConfig(_DataCommon):
+    """A CSV file with a header row; one column is the class label."""
+
+    name: Literal["csv"] = "csv"
+    path: str = _opt("data.csv", "the CSV file")
+    target: str = _opt("label", "name of the label column")
+    categorical: list[str] = _opt([], "columns one-hot encoded (all others must be numeric)")
+    scaling: Literal["standard", "minmax"] = _opt("standard", "numeric scaling, fitted on train only")
+
+
+@dataclass
+class TokensConfig(_DataCommon):
+    """Token ids for language modelling: a flat binary file (nanoGPT's train.bin) or the built-in corpus."""
+
+    name: Literal["tokens"] = "tokens"
+    path: str | None = _opt(
+        None, "a .bin file of token ids, or a folder with train.bin and val.bin; null: the built-in character corpus"
+    )
+    dtype: Literal["uint16", "uint32"] = _opt("uint16", "integer type of the ids in the file")
+    vocab_size: int | None = _opt(None, "vocabulary size; null: the largest id in the data + 1", ge=1)
+    block_size: int = _opt(128, "context length: tokens per training sequence", ge=1)
+    stride: int | None = _opt(None, "tokens between the starts of consecutive sequences; null: block_size", ge=1)
+
+
+@dataclass
+class SyntheticConfig(_DataCommon):
+    """Random data for benchmarks: the input pipeline costs nothing next to the model."""
+
+    name: Literal["synthetic_images", "synthetic_tabular", "synthetic_tokens"] = "synthetic_images"
+    shape: list[int] = _opt([3, 32, 32], "input shape of one sample (images: C, H, W; tabular: features)", ge=1)
+    num_classes: int = _opt(10, "classes (images, tabular) or vocabulary size (tokens)", ge=2)
+    block_size: int = _opt(128, "tokens: context length", ge=1)
+    samples: int = _opt(1024, "samples in the training split (val and test get a quarter each)", ge=1)
+    seed: int = _opt(0, "seed of the generated data", ge=0)
+
+
+DataConfig = Union[
+    DigitsConfig, BreastCancerConfig, CifarConfig, ImageFolderConfig, CSVConfig, TokensConfig, SyntheticConfig
+]
 
 
 # -------------------------------------------------------------- optimisation
@@ -303,10 +419,12 @@ class _Builder:
             f = fields[key]
             default_value = getattr(cls(), key) if _dataclass_variants(hints[key]) else None
             kwargs[key] = self.value(hints[key], value, sub, f.metadata, default_value)
+        if type(default) is cls:  # a partial section keeps its parent's defaults for the rest
+            return dataclasses.replace(default, **kwargs)
         return cls(**kwargs)
 
     def _pick_variant(self, variants: list[type], tree: dict, path: str, default: Any) -> type:
-        names = {typing.get_args(typing.get_type_hints(v)["name"])[0]: v for v in variants}
+        names = {n: v for v in variants for n in typing.get_args(typing.get_type_hints(v)["name"])}
         if "name" not in tree:
             return type(default)
         name = tree["name"]

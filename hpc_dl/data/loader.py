@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from hpc_dl.errors import ConfigError
 
@@ -22,12 +22,12 @@ def _generator(*key: int) -> torch.Generator:
 
 
 class BatchStream:
-    def __init__(
-        self, dataset: Dataset, batch_size: int, seed: int, rank=0, world_size=1, num_workers=0, pin_memory=False
-    ):
+    """``device``: where to hold an in-memory data set (data.on_device); ``None`` keeps it on the host."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, rank=0, world_size=1, *,
+                 num_workers=0, pin_memory=False, persistent_workers=False, device=None):  # fmt: skip
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.rank, self.world_size = rank, world_size
-        self.loader_args = dict(num_workers=num_workers, pin_memory=pin_memory)
         per_rank = len(dataset) // world_size
         self.batches_per_epoch = per_rank // batch_size
         if self.batches_per_epoch == 0:
@@ -36,23 +36,27 @@ class BatchStream:
             )
         self.epoch = 0
         self.batch = 0  # batches of this epoch already handed out
+        self.tensors = _in_memory(dataset, num_workers, device)
+        if self.tensors is None:
+            self.loader = DataLoader(
+                dataset, batch_size=batch_size, sampler=_Remaining(self), drop_last=True, num_workers=num_workers,
+                pin_memory=pin_memory, persistent_workers=persistent_workers and num_workers > 0,
+            )  # fmt: skip
 
-    def _epoch_indices(self) -> list[int]:
+    def _epoch_indices(self) -> torch.Tensor:
         perm = torch.randperm(len(self.dataset), generator=_generator(self.seed, self.epoch))
         mine = perm[self.rank :: self.world_size][: self.batches_per_epoch * self.batch_size]
-        return mine[self.batch * self.batch_size :].tolist()
+        return mine[self.batch * self.batch_size :]
 
     def __iter__(self) -> Iterator:
         while True:
-            loader = DataLoader(
-                self.dataset,
-                batch_size=self.batch_size,
-                sampler=self._epoch_indices(),
-                drop_last=True,
-                generator=_generator(self.seed, self.epoch, self.batch),  # worker seeds
-                **self.loader_args,
-            )
-            for batch in loader:
+            if self.tensors is not None:  # index whole batches: no per-sample collate
+                idx = self._epoch_indices().to(self.tensors[0].device)
+                batches = ([t[b] for t in self.tensors] for b in idx.split(self.batch_size))
+            else:
+                self.loader.generator = _generator(self.seed, self.epoch, self.batch)  # worker seeds
+                batches = iter(self.loader)
+            for batch in batches:
                 self.batch += 1
                 if self.batch == self.batches_per_epoch:
                     self.epoch, self.batch = self.epoch + 1, 0
@@ -65,14 +69,33 @@ class BatchStream:
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
 
 
-def eval_loader(dataset: Dataset, batch_size: int, rank=0, world_size=1, num_workers=0) -> DataLoader:
+class _Remaining(Sampler):
+    """The rest of the current epoch's indices, read when the loader starts an iterator
+    (so one loader, and its persistent workers, serve every epoch)."""
+
+    def __init__(self, stream: BatchStream):
+        self.stream = stream
+
+    def __iter__(self):
+        return iter(self.stream._epoch_indices().tolist())
+
+    def __len__(self):
+        return (self.stream.batches_per_epoch - self.stream.batch) * self.stream.batch_size
+
+
+def _in_memory(dataset: Dataset, num_workers: int, device) -> list[torch.Tensor] | None:
+    if isinstance(dataset, TensorDataset) and num_workers == 0:
+        return [t.to(device) for t in dataset.tensors] if device is not None else list(dataset.tensors)
+    return None
+
+
+def eval_batches(dataset: Dataset, batch_size: int, rank=0, world_size=1, num_workers=0, device=None) -> Iterator:
     """Rank r evaluates samples r, r+world, ...: each sample exactly once over all ranks.
-    Its own generator keeps the loader off the global RNG, so how often a run
-    evaluates does not change its dropout masks."""
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=range(rank, len(dataset), world_size),
-        num_workers=num_workers,
-        generator=torch.Generator(),
-    )
+    The loader has its own generator so it never draws on the global RNG: how often a
+    run evaluates must not change its dropout masks."""
+    tensors = _in_memory(dataset, num_workers, device)
+    if tensors is not None:
+        idx = torch.arange(rank, len(dataset), world_size, device=tensors[0].device)
+        return ([t[b] for t in tensors] for b in idx.split(batch_size))
+    return iter(DataLoader(dataset, batch_size=batch_size, sampler=range(rank, len(dataset), world_size),
+                           num_workers=num_workers, generator=torch.Generator()))  # fmt: skip

@@ -1,9 +1,13 @@
 """Tabular data sets: features scaled with statistics of the training split only."""
 
+import csv
+from pathlib import Path
+
 import numpy as np
 from sklearn.datasets import load_breast_cancer
 
 from hpc_dl.data.spec import DataSpec, Splits, split_indices, tensor_splits
+from hpc_dl.errors import UserError
 
 
 def fit_scaler(x_train: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -28,3 +32,76 @@ def breast_cancer(cfg) -> Splits:
         preprocessing={"scaling": cfg.scaling, "shift": shift.tolist(), "scale": scale.tolist()},
     )
     return tensor_splits((x - shift) / scale, y, parts, spec)
+
+
+MISSING = {"", "na", "n/a", "nan", "null", "none", "?"}
+
+
+def csv_table(cfg) -> Splits:
+    """A CSV file with a header: ``target`` names the label column, ``categorical`` columns are
+    one-hot encoded (categories seen in the training split), all other columns must be numbers.
+    Every bad row is reported with its line number before anything trains."""
+    path = Path(cfg.path)
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except OSError as e:
+        raise UserError(f"data.path = '{cfg.path}': cannot read the CSV file ({e.strerror})") from None
+    if not rows:
+        raise UserError(f"{path}: the file is empty; expected a header row and data rows")
+    header = [h.strip() for h in rows[0]]
+    for col in [cfg.target, *cfg.categorical]:
+        if col not in header:
+            field = "data.target" if col == cfg.target else "data.categorical"
+            raise UserError(f"{field}: no column '{col}' in {path}; its columns are {', '.join(header)}")
+    numeric = [c for c in header if c != cfg.target and c not in cfg.categorical]
+    where = {c: header.index(c) for c in header}
+    problems, records = [], []
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue  # a blank line
+        if len(row) != len(header):
+            problems.append(f"line {line}: {len(row)} fields, the header has {len(header)}")
+            continue
+        values = []
+        for c in numeric:
+            cell = row[where[c]].strip()
+            if cell.lower() in MISSING:
+                problems.append(f"line {line}: column '{c}' is missing")
+                continue
+            try:
+                values.append(float(cell))
+            except ValueError:
+                problems.append(f"line {line}: column '{c}' = '{cell}' is not a number")
+        label = row[where[cfg.target]].strip()
+        if label.lower() in MISSING:
+            problems.append(f"line {line}: the label column '{cfg.target}' is missing")
+        records.append((values, [row[where[c]].strip() for c in cfg.categorical], label))
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise UserError(f"{path}: {len(problems)} bad row(s): {shown}")
+    if not records:
+        raise UserError(f"{path}: no data rows after the header")
+
+    classes = sorted({r[2] for r in records})
+    if len(classes) < 2:
+        raise UserError(f"data.target = '{cfg.target}': {path} has a single class ({classes[0]!r}); need at least two")
+    y = np.array([classes.index(r[2]) for r in records])
+    parts = split_indices(y, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    x_num = np.array([r[0] for r in records], dtype=np.float64).reshape(len(records), len(numeric))
+    shift, scale = fit_scaler(x_num[parts[0]], cfg.scaling)
+    blocks, names = [(x_num - shift) / scale], list(numeric)
+    for j, col in enumerate(cfg.categorical):
+        seen = sorted({records[i][1][j] for i in parts[0]})  # categories of the training split only
+        cells = np.array([r[1][j] for r in records])
+        blocks.append((cells[:, None] == np.array(seen)[None, :]).astype(np.float64))
+        names += [f"{col}={v}" for v in seen]
+    spec = DataSpec(
+        input_shape=(len(names),),
+        num_classes=len(classes),
+        class_names=classes,
+        feature_names=names,
+        preprocessing={"scaling": cfg.scaling, "numeric": numeric, "shift": shift.tolist(), "scale": scale.tolist(),
+                       "categories": [n for n in names if n not in numeric]},
+    )  # fmt: skip
+    return tensor_splits(np.concatenate(blocks, axis=1), y, parts, spec)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpc_dl.config import Config, to_dict
-from hpc_dl.data.loader import BatchStream, eval_loader
+from hpc_dl.data.loader import BatchStream, eval_batches
 from hpc_dl.data.spec import Splits
 from hpc_dl.dist.strategy import Strategy
 from hpc_dl.errors import ConfigError
@@ -28,7 +28,8 @@ def _binary_loss(logits, y, reduction="mean"):
 
 
 def _multiclass_loss(logits, y, reduction="mean"):
-    return F.cross_entropy(logits.float(), y, reduction=reduction)
+    # (N, C) logits with (N,) labels, or (N, T, V) with (N, T) next tokens
+    return F.cross_entropy(logits.flatten(0, -2).float(), y.flatten(), reduction=reduction)
 
 
 def _binary_correct(logits, y):
@@ -39,7 +40,11 @@ def _multiclass_correct(logits, y):
     return (logits.argmax(-1) == y).sum()
 
 
-TASKS = {"binary": (_binary_loss, _binary_correct), "multiclass": (_multiclass_loss, _multiclass_correct)}
+TASKS = {
+    "binary": (_binary_loss, _binary_correct),
+    "multiclass": (_multiclass_loss, _multiclass_correct),
+    "lm": (_multiclass_loss, _multiclass_correct),  # loss and accuracy per predicted token
+}
 
 
 class Trainer:
@@ -47,9 +52,12 @@ class Trainer:
         t = cfg.train
         self.cfg, self.strategy, self.splits, self.device = cfg, strategy, splits, strategy.device
         self.dtype = precision.autocast_dtype(t.precision, self.device)
+        d = cfg.data
+        self.data_device = self.device if d.on_device else None
         self.stream = BatchStream(
-            splits.train, cfg.data.batch_size, t.seed, strategy.rank, strategy.world_size,
-            cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+            splits.train, d.batch_size, t.seed, strategy.rank, strategy.world_size, num_workers=d.num_workers,
+            pin_memory=d.pin_memory and self.device.type == "cuda", persistent_workers=d.persistent_workers,
+            device=self.data_device,
         )  # fmt: skip
         per_epoch = self.stream.batches_per_epoch / t.grad_accum
         self.total_steps = t.steps or max(1, math.ceil(t.epochs * per_epoch))
@@ -77,12 +85,12 @@ class Trainer:
             self.model.train()
             lr = self.strategy.optimizer.param_groups[0]["lr"]
             for micro in range(accum):
-                x, y = self._to_device(next(batches))
+                x, y = self._to_device(next(batches), train=True)
                 with self.strategy.no_sync(micro == accum - 1), precision.autocast(self.device, self.dtype):
                     logits = self.model(x)
                     loss = self.loss_fn(logits, y)
                 self.strategy.backward(loss / accum)
-                window.add(loss.detach(), self.correct_fn(logits.detach(), y), len(y))
+                window.add(loss.detach(), self.correct_fn(logits.detach(), y), y)
             window.grad_norm = self.strategy.step(t.grad_clip)
             self.step += 1
             on_step(self.step)
@@ -106,19 +114,26 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, split: str) -> dict:
         self.model.eval()
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, samples
-        ws = self.strategy
-        for batch in eval_loader(getattr(self.splits, split), self.cfg.data.eval_batch_size, ws.rank, ws.world_size):
-            x, y = self._to_device(batch)
+        totals = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss sum, correct, targets, samples
+        ws, d = self.strategy, self.cfg.data
+        dataset = getattr(self.splits, split)
+        for batch in eval_batches(dataset, d.eval_batch_size, ws.rank, ws.world_size, d.num_workers, self.data_device):
+            x, y = self._to_device(batch, train=False)
             with precision.autocast(self.device, self.dtype):
                 logits = self.model(x)
-            totals += torch.stack([self.loss_fn(logits, y, "sum"), self.correct_fn(logits, y), torch.tensor(len(y))])
-        loss, correct, n = ws.all_reduce_sum(totals).tolist()
-        return {"split": split, "step": self.step, "loss": loss / n, "accuracy": correct / n, "samples": int(n)}
+            totals += torch.stack([
+                self.loss_fn(logits, y, "sum").double(), self.correct_fn(logits, y).double(),
+                torch.tensor(y.numel(), dtype=torch.float64, device=self.device),
+                torch.tensor(len(y), dtype=torch.float64, device=self.device),
+            ])  # fmt: skip
+        loss, correct, n, samples = ws.all_reduce_sum(totals).tolist()
+        return {"split": split, "step": self.step, "loss": loss / n, "accuracy": correct / n, "samples": int(samples)}
 
-    def _to_device(self, batch):
+    def _to_device(self, batch, train: bool):
         x, y = batch
         x = x.to(self.device, non_blocking=True)
+        if self.splits.batch_transform is not None:
+            x = self.splits.batch_transform(x, train)
         if self.cfg.train.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(self.device, non_blocking=True)
@@ -163,32 +178,35 @@ class _Window:
         self.reset()
 
     def reset(self):
-        self.sums = torch.zeros(3, dtype=torch.float64, device=self.trainer.device)  # loss, correct, samples
+        self.sums = torch.zeros(3, dtype=torch.float64, device=self.trainer.device)  # loss, correct, targets
         self.restart_clock()
 
     def restart_clock(self):
         self.t0 = time.perf_counter()
-        self.timed_samples = 0
+        self.timed_samples = self.timed_targets = 0
 
-    def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int) -> None:
-        self.sums[0] += loss.double() * n
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, y: torch.Tensor) -> None:
+        self.sums[0] += loss.double() * y.numel()  # loss is a mean over targets (tokens for a LM)
         self.sums[1] += correct
-        self.sums[2] += n
-        self.timed_samples += n
+        self.sums[2] += y.numel()
+        self.timed_samples += len(y)
+        self.timed_targets += y.numel()
 
     def record(self, lr: float) -> dict:
         tr = self.trainer
-        loss_sum, correct, samples = tr.strategy.all_reduce_sum(self.sums).tolist()
+        loss_sum, correct, targets = tr.strategy.all_reduce_sum(self.sums).tolist()
         elapsed = time.perf_counter() - self.t0
         record = {
             "split": "train",
             "step": tr.step,
             "epoch": round(tr.epoch, 4),
-            "loss": loss_sum / samples,
-            "accuracy": correct / samples,
+            "loss": loss_sum / targets,
+            "accuracy": correct / targets,
             "lr": lr,
             "grad_norm": float(self.grad_norm),
             "samples_per_s": self.timed_samples * tr.strategy.world_size / elapsed if elapsed > 0 else None,
         }
+        if tr.splits.spec.task == "lm":
+            record["tokens_per_s"] = self.timed_targets * tr.strategy.world_size / elapsed if elapsed > 0 else None
         self.reset()
         return record

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from hpc_dl import config, data
-from hpc_dl.data.loader import BatchStream, eval_loader
+from hpc_dl.data.loader import BatchStream, eval_batches
 from hpc_dl.errors import ConfigError
 
 
@@ -94,9 +94,9 @@ def test_batch_larger_than_the_data_is_a_config_error():
         _stream(batch=500)
 
 
-def test_eval_loader_shards_cover_every_sample_once():
+def test_eval_batches_shard_cover_every_sample_once():
     ds = TensorDataset(torch.arange(11), torch.arange(11))
-    seen = [x for r in range(3) for x, _ in eval_loader(ds, 4, r, 3)]
+    seen = [x for r in range(3) for x, _ in eval_batches(ds, 4, r, 3)]
     assert sorted(torch.cat(seen).tolist()) == list(range(11))
 
 

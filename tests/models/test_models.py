@@ -42,5 +42,6 @@ def test_cnn_rejects_tabular_data_and_too_many_pooling_blocks():
 def test_registry_matches_the_config_schema():
     import typing
 
-    names = {typing.get_args(typing.get_type_hints(v)["name"])[0] for v in typing.get_args(config.ModelConfig)}
-    assert names == set(models.BUILDERS)
+    variants = typing.get_args(config.ModelConfig)
+    names = {n for v in variants for n in typing.get_args(typing.get_type_hints(v)["name"])}
+    assert names == set(models.MODELS)
