@@ -61,7 +61,8 @@ class BatchAugment:
                 x = torch.where(flip, x.flip(-1), x)
             if a.color_jitter:
                 x = self._jitter(x, a.color_jitter)
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)  # moved once, then cached
+        x = (x - self.mean) / self.std
         if (train or a.eval) and a.erasing:
             x = self._erase(x, a.erasing)
         return x

@@ -203,3 +203,23 @@ def test_synthetic_data_is_seeded_and_shaped(name, shape):
     a, b = (data.build(config.load(None, over).data) for _ in range(2))
     assert torch.equal(a.train.tensors[0], b.train.tensors[0]) and a.spec.input_shape == shape
     assert len(a.train) == 64 and len(a.val) == 16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["cifar10", "imagefolder"])
+def test_on_device_augmentation_trains_through_the_trainer(tmp_path, kind):
+    from hpc_dl.train.run import train
+
+    if kind == "cifar10":
+        write_cifar10(tmp_path / "d")
+        over = ["data.name=cifar10", "data.on_device=true", "data.augment.erasing=0.5"]
+    else:
+        write_image_tree(tmp_path / "d")
+        over = ["data.name=imagefolder", "data.image_size=32", "data.augment.color_jitter=0.3"]
+    cfg = config.load(None, [*over, f"data.root={tmp_path / 'd'}", "data.augment.on_device=true", "data.batch_size=4",
+                             "train.steps=3", "log.progress=off", "log.plots=false"])  # fmt: skip
+    splits = data.build(cfg.data)
+    assert splits.batch_transform is not None
+    if kind == "imagefolder":  # decoded and resized in the loader, still uint8 for the device
+        assert splits.train[0][0].dtype == torch.uint8 and splits.train[0][0].shape == (3, 32, 32)
+    assert train(cfg, run_dir=tmp_path / "run")["steps"] == 3

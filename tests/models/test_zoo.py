@@ -123,3 +123,38 @@ def test_transformer_on_the_builtin_corpus_beats_the_unigram_entropy(tmp_path):
     assert "tokens_per_s" in metrics[0] and metrics[0]["tokens_per_s"] == pytest.approx(
         metrics[0]["samples_per_s"] * 64
     )
+
+
+def _spec_without_files(d) -> DataSpec:
+    """The shape a file-backed data set would give, so its config's model can be checked here."""
+    if d.name in ("cifar10", "cifar100"):
+        return DataSpec((3, 32, 32), 10 if d.name == "cifar10" else 100)
+    if d.name == "imagefolder":
+        return DataSpec((3, d.image_size, d.image_size), 1000)
+    if d.name == "csv":
+        return DataSpec((10,), 2)
+    if d.name == "tokens" and d.path:
+        return DataSpec((d.block_size,), d.vocab_size or 50304, task="lm")
+    return data.build(d).spec
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_config_builds_its_model_for_its_data(path):
+    cfg = config.load(path)
+    spec = _spec_without_files(cfg.data)
+    with torch.device("meta"):  # shapes only: a 138M-parameter VGG costs nothing here
+        model = models.build(cfg.model, spec)
+    assert models.count_parameters(model) > 0
+
+
+def test_models_command_lists_and_summarises(capsys):
+    from hpc_dl.cli import main
+
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in models.MODELS) and "61,706" in listing
+    assert main(["models", "--summary", "resnet20", "--input", "1,16,16", "--classes", "7"]) == 0
+    table = capsys.readouterr().out
+    assert "(1, 7)" in table and "total" in table
+    assert main(["models", "--summary", "resnet21"]) == 2
+    assert "no such model" in capsys.readouterr().err
