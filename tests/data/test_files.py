@@ -223,3 +223,21 @@ def test_on_device_augmentation_trains_through_the_trainer(tmp_path, kind):
     if kind == "imagefolder":  # decoded and resized in the loader, still uint8 for the device
         assert splits.train[0][0].dtype == torch.uint8 and splits.train[0][0].shape == (3, 32, 32)
     assert train(cfg, run_dir=tmp_path / "run")["steps"] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("on_device", [False, True], ids=["transforms.v2", "on-device"])
+def test_resume_is_exact_with_random_augmentation(tmp_path, on_device):
+    from hpc_dl.train import checkpoint
+    from hpc_dl.train.run import train
+
+    write_cifar10(tmp_path / "d")
+    cfg = config.load(CONFIGS / "cifar10_resnet20.yaml", [
+        f"data.root={tmp_path / 'd'}", "data.num_workers=0", "data.batch_size=8", "train.steps=6",
+        "optim.warmup_steps=1", "checkpoint.every=3", "log.progress=off", "log.plots=false",
+        "data.augment.erasing=0.5", "data.augment.color_jitter=0.2", f"data.augment.on_device={str(on_device).lower()}",
+    ])  # fmt: skip
+    train(cfg, run_dir=tmp_path / "a")
+    train(cfg, run_dir=tmp_path / "b", resume=str(tmp_path / "a" / "checkpoints" / "step_00000003.pt"))
+    a, b = (checkpoint.load(tmp_path / r / "checkpoints" / "step_00000006.pt")["model"] for r in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
