@@ -81,8 +81,8 @@ class Trainer:
         t, accum, log_every = self.cfg.train, self.cfg.train.grad_accum, self.cfg.log.every
         batches = iter(self.stream)
         window = _Window(self)
+        self.model.train()
         while self.step < self.total_steps:
-            self.model.train()
             lr = self.strategy.optimizer.param_groups[0]["lr"]
             for micro in range(accum):
                 x, y = self._to_device(next(batches), train=True)
@@ -100,6 +100,7 @@ class Trainer:
                 self._emit(window.record(lr))
             if t.eval_every and self.step % t.eval_every == 0 and not last:
                 self._emit(self.evaluate("val"))
+                self.model.train()
                 window.restart_clock()  # throughput counts training only
             if checkpoints and self.cfg.checkpoint.every and self.step % self.cfg.checkpoint.every == 0 and not last:
                 self.save(checkpoints)
