@@ -8,7 +8,7 @@ import sys
 import traceback
 
 import hpc_dl
-from hpc_dl.errors import UserError
+from hpc_dl.errors import JobError, UserError
 
 EPILOG = """\
 examples:
@@ -40,6 +40,8 @@ def cmd_train(args) -> int:
     path, overrides = _split_config(args)
     cfg = config.load(path, overrides)
     summary = train(cfg, run_dir=args.run_dir, resume=args.resume)
+    if summary is None:  # not rank 0
+        return 0
     test = summary["test"]
     print(
         f"done: test accuracy {test['accuracy']:.4f}, test loss {test['loss']:.4f} "
@@ -142,11 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except UserError as e:
+    except (UserError, JobError) as e:
         if args.debug:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(e, UserError) else 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

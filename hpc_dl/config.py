@@ -254,7 +254,14 @@ class LogConfig:
 
 @dataclass
 class DistConfig:
-    strategy: Literal["single"] = _opt("single", "single process (ddp and deepspeed come next)")
+    strategy: Literal["single", "ddp", "deepspeed"] = _opt("single", "one process, DDP, or DeepSpeed ZeRO")
+    timeout_s: float = _opt(120.0, "start-up and collective time-out: a missing or dead rank fails the job", gt=0)
+    preflight: bool = _opt(True, "check every rank and an all-reduce before training (distributed runs)")
+    bucket_mb: float = _opt(25.0, "ddp: gradient bucket size in MiB", gt=0)
+    gradient_as_bucket_view: bool = _opt(True, "ddp: gradients are views into the buckets (saves a copy)")
+    static_graph: bool = _opt(False, "ddp: the graph is the same every step (enables more optimisations)")
+    zero_stage: int = _opt(1, "deepspeed: ZeRO stage 0-3", ge=0, le=3)
+    deepspeed_config: str | None = _opt(None, "deepspeed: a JSON file merged over the generated config (its keys win)")
 
 
 @dataclass

@@ -11,3 +11,8 @@ class ConfigError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be read or does not fit the run."""
+
+
+class JobError(Exception):
+    """The job failed though its input was fine: a rank died, a collective timed out.
+    The CLI prints the message (which names the ranks and hosts) and exits with code 1."""

@@ -2,17 +2,24 @@
 so DDP and DeepSpeed slot in as subclasses without touching the loop.
 
 ``Strategy`` itself is the single-process case: one device, no process group,
-no MPI, no cluster.
+no MPI, no cluster. ``DDP`` adds the process group and gradient all-reduce;
+``hpc_dl.dist.zero.DeepSpeed`` hands the step to a DeepSpeed engine.
 """
 
 import contextlib
+import hashlib
 import math
 import os
+import socket
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from hpc_dl.errors import ConfigError
+from hpc_dl.dist import env
+from hpc_dl.errors import CheckpointError, ConfigError
+from hpc_dl.train import checkpoint
 
 
 def select_device(choice: str, local_rank: int = 0) -> torch.device:
@@ -27,13 +34,23 @@ def select_device(choice: str, local_rank: int = 0) -> torch.device:
 class Strategy:
     name = "single"
 
-    def __init__(self, device: torch.device, rank: int = 0, world_size: int = 1):
-        self.device, self.rank, self.world_size = device, rank, world_size
+    def __init__(self, cfg, device: torch.device, group: env.Group | None = None):
+        self.cfg, self.device, self.group = cfg, device, group
+        self.world = group.world if group else env.World()
+
+    @property
+    def rank(self) -> int:
+        return self.world.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.world.world_size
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
+    # ------------------------------------------------------------ the step
     def setup(self, module: nn.Module, optimizer, scheduler, scaler, wrap=lambda m: m) -> nn.Module:
         """Take ownership of the training objects; return the module to call in forward.
         ``wrap`` (e.g. torch.compile) is applied to what the strategy will run."""
@@ -57,9 +74,24 @@ class Strategy:
         self.scheduler.step()
         return norm
 
+    # --------------------------------------------------------- collectives
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            dist.all_reduce(tensor)
         return tensor
 
+    def gather_object(self, obj) -> list:
+        if self.world_size == 1:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    # -------------------------------------------------------------- state
     def state_dict(self) -> dict:
         return {
             "model": self.module.state_dict(),
@@ -75,15 +107,82 @@ class Strategy:
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
 
+    def save_checkpoint(self, ckpts: checkpoint.CheckpointDir, step: int, extra: dict) -> None:
+        state = self.state_dict()  # every rank takes part (needed by sharded strategies)
+        if self.is_main:
+            ckpts.save(step, {**state, **extra})
+        self.barrier()  # no rank runs ahead of a checkpoint it may have to resume from
+
+    def load_checkpoint(self, path: Path) -> dict:
+        """Restore model and optimizer state from ``path``; returns the whole checkpoint."""
+        if Path(path).is_dir():
+            raise CheckpointError(f"{path} is a DeepSpeed checkpoint folder; resume it with dist.strategy=deepspeed")
+        state = checkpoint.load(path)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0][:300]
+            raise CheckpointError(f"checkpoint {path} does not fit this run's model/optimizer: {first}") from e
+        return state
+
+    def parameter_fingerprint(self) -> str:
+        """A hash of every parameter's bytes: equal on two ranks only if their models are identical."""
+        digest = hashlib.sha256()
+        for p in self.module.parameters():
+            digest.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]
+
     def close(self) -> None:
-        pass
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class DDP(Strategy):
+    name = "ddp"
+
+    def setup(self, module, optimizer, scheduler, scaler, wrap=lambda m: m):
+        super().setup(module, optimizer, scheduler, scaler)
+        d = self.cfg.dist
+        self.ddp = nn.parallel.DistributedDataParallel(
+            module,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            bucket_cap_mb=d.bucket_mb,
+            gradient_as_bucket_view=d.gradient_as_bucket_view,
+            static_graph=d.static_graph,
+        )  # rank 0's initial weights are broadcast here
+        return wrap(self.ddp)
+
+    def no_sync(self, sync: bool):
+        return contextlib.nullcontext() if sync else self.ddp.no_sync()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def build(cfg) -> Strategy:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world != 1:
-        raise ConfigError(
-            f"dist.strategy = '{cfg.dist.strategy}' runs one process, but WORLD_SIZE={world} processes were started"
-        )
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    return Strategy(select_device(cfg.train.device, local_rank))
+    world = env.detect()
+    name = cfg.dist.strategy
+    if name == "single":
+        if world.world_size != 1:
+            raise ConfigError(
+                f"dist.strategy = 'single' runs one process, but {world.world_size} were started "
+                f"(by {world.launcher}): use dist.strategy=ddp or deepspeed"
+            )
+        return Strategy(cfg, select_device(cfg.train.device, world.local_rank))
+    if world.launcher == "single":  # a distributed strategy in one plain process: a world of one
+        world.launcher, world.master_port = "local", _free_port()
+    env.check(world)
+    device = select_device(cfg.train.device, world.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    group = env.init(world, "nccl" if device.type == "cuda" else "gloo", cfg.dist.timeout_s)
+    if name == "ddp":
+        return DDP(cfg, device, group)
+    from hpc_dl.dist.zero import DeepSpeed  # imports deepspeed, which is slow and optional
+
+    return DeepSpeed(cfg, device, group)
+
+

@@ -7,7 +7,9 @@ is replaced the same way after the rename, so a process killed at any moment
 leaves the previous checkpoint and pointer intact.
 """
 
+import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from hpc_dl.fileio import atomic_write
 
 FORMAT = "hpc_dl-checkpoint-1"
 LATEST = "latest"
-_NAME = re.compile(r"^step_(\d+)\.pt$")
+_NAME = re.compile(r"^step_(\d+)(\.pt)?$")  # a file, or a folder (DeepSpeed writes one per tag)
 
 
 def save(path: Path, state: dict) -> None:
@@ -41,7 +43,7 @@ def load(path: Path) -> dict:
 
 
 class CheckpointDir:
-    """``step_00000100.pt`` files plus a ``latest`` pointer in one folder."""
+    """``step_00000100.pt`` files (or ``step_00000100/`` folders) plus a ``latest`` pointer."""
 
     def __init__(self, path: Path, keep_last: int):
         self.path, self.keep_last = Path(path), keep_last
@@ -50,14 +52,14 @@ class CheckpointDir:
         """Checkpoint files, newest step first."""
         if not self.path.is_dir():
             return []
-        found = [(int(m[1]), p) for p in self.path.iterdir() if (m := _NAME.match(p.name))]
+        found = [(int(m[1]), p) for p in self.path.iterdir() if (m := _NAME.match(p.name)) and (p.is_dir() or m[2])]
         return [p for _, p in sorted(found, reverse=True)]
 
     def latest(self) -> Path | None:
         pointer = self.path / LATEST
         if pointer.is_file():
             target = self.path / pointer.read_text().strip()
-            if target.is_file():
+            if target.exists():
                 return target
         files = self.files()
         return files[0] if files else None
@@ -66,19 +68,35 @@ class CheckpointDir:
         self.path.mkdir(parents=True, exist_ok=True)
         path = self.path / f"step_{step:08d}.pt"
         save(path, state)
-        atomic_write(self.path / LATEST, lambda f: f.write(f"{path.name}\n".encode()))
-        for old in self.files()[self.keep_last :]:
-            old.unlink(missing_ok=True)
+        self._publish(path)
         return path
 
-    def load_latest(self) -> tuple[Path, dict] | None:
-        """The newest loadable checkpoint; corrupt ones are reported and skipped."""
+    def publish_folder(self, tmp: Path, step: int) -> Path:
+        """Move a completely written checkpoint folder to its final name, then point to it."""
+        final = self.path / f"step_{step:08d}"
+        if final.exists():  # the same step saved again after a resume: replace it
+            old = final.with_name(f".{final.name}.old")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+        self._publish(final)
+        return final
+
+    def _publish(self, path: Path) -> None:
+        atomic_write(self.path / LATEST, lambda f: f.write(f"{path.name}\n".encode()))
+        for old in self.files()[self.keep_last :]:
+            shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+
+    def load_latest(self, loader=load) -> tuple[Path, dict] | None:
+        """The newest loadable checkpoint (``loader(path)`` succeeds); corrupt ones are reported and skipped."""
         latest = self.latest()
         order = [latest] + [p for p in self.files() if p != latest] if latest else []
         errors = []
         for path in order:
             try:
-                return path, load(path)
+                return path, loader(path)
             except CheckpointError as e:
                 errors.append(str(e))
                 print(f"warning: {e}; trying an older checkpoint", file=sys.stderr)

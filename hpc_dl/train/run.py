@@ -15,14 +15,15 @@ import time
 from pathlib import Path
 
 from hpc_dl import config, data, models
+from hpc_dl.dist import preflight
 from hpc_dl.dist import strategy as strategies
-from hpc_dl.errors import UserError
+from hpc_dl.errors import JobError, UserError
 from hpc_dl.fileio import write_json, write_text
 from hpc_dl.telemetry import manifest
 from hpc_dl.telemetry.metrics import MetricsFile, read
 from hpc_dl.telemetry.plots import plot_curves
 from hpc_dl.telemetry.progress import Progress
-from hpc_dl.train import checkpoint, precision, rng
+from hpc_dl.train import precision, rng
 from hpc_dl.train.checkpoint import CheckpointDir
 from hpc_dl.train.trainer import Trainer
 
@@ -49,7 +50,8 @@ def run_directory(cfg: config.Config, run_dir: str | None) -> Path:
     return path
 
 
-def _find_checkpoint(ckpts: CheckpointDir, resume: str | None) -> tuple[Path, dict] | None:
+def _resume(trainer: Trainer, ckpts: CheckpointDir, resume: str | None) -> Path | None:
+    """Load the checkpoint ``--resume`` asks for into the trainer; returns its path."""
     if resume is None:
         if ckpts.files():
             raise UserError(
@@ -57,37 +59,59 @@ def _find_checkpoint(ckpts: CheckpointDir, resume: str | None) -> tuple[Path, di
                 "pass --resume auto to continue it, or choose another --run-dir / log.run_name"
             )
         return None
-    if resume == "auto":
-        return ckpts.load_latest()  # None: nothing to resume, start fresh
     path = Path(resume)
-    if path.is_dir():  # a run directory or its checkpoints folder
-        found = CheckpointDir(path / "checkpoints" if (path / "checkpoints").is_dir() else path, 1).load_latest()
-        if found is None:
-            raise UserError(f"--resume {resume}: no checkpoint in that folder")
-        return found
-    return path, checkpoint.load(path)
+    if resume != "auto" and (path.is_file() or path.name.startswith("step_")):  # one file, or DeepSpeed's folder
+        trainer.load(path)
+        return path
+    if resume == "auto":
+        folder = ckpts
+    else:  # a run directory or its checkpoints folder
+        folder = CheckpointDir(path / "checkpoints" if (path / "checkpoints").is_dir() else path, 1)
+    found = folder.load_latest(loader=trainer.load)
+    if found is None and resume != "auto":
+        raise UserError(f"--resume {resume}: no checkpoint in that folder")
+    return found[0] if found else None  # auto with nothing to resume: start fresh
 
 
-def train(cfg: config.Config, run_dir: str | None = None, resume: str | None = None) -> dict:
+def train(cfg: config.Config, run_dir: str | None = None, resume: str | None = None) -> dict | None:
+    """Run one training job; returns the summary on rank 0 and None on the other ranks."""
     t0 = time.perf_counter()
     strategy = strategies.build(cfg)
+    group = strategy.group
+    try:
+        return _train(cfg, strategy, run_dir, resume, t0)
+    except (UserError, JobError) as e:
+        if group:
+            group.report_failure(str(e))
+        raise
+    except Exception as e:
+        if group:  # a collective failed: find out which rank is gone, rather than show a gloo/NCCL trace
+            diagnosis = group.diagnose(e)
+            if diagnosis:
+                raise JobError(diagnosis) from e
+            group.report_failure(f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        strategy.close()
+
+
+def _train(cfg: config.Config, strategy, run_dir: str | None, resume: str | None, t0: float) -> dict | None:
+    main = strategy.is_main
+    if strategy.world_size > 1 and cfg.dist.preflight:
+        report = preflight.run(strategy)
+        if main:
+            print(preflight.format_report(report), flush=True)
     precision.configure_backends(cfg.train.tf32, cfg.train.deterministic)
-    rng.seed_everything(cfg.train.seed)
+    rng.seed_everything(cfg.train.seed)  # the same initial weights on every rank
     splits = data.build(cfg.data)
     model = models.build(cfg.model, splits.spec)
+    n_params = models.count_parameters(model)  # before a sharded strategy partitions it
     trainer = Trainer(cfg, strategy, splits, model)
+    rng.seed_everything(cfg.train.seed + 1_000_003 * strategy.rank)  # dropout/augmentation differ per rank
 
-    out = run_directory(cfg, run_dir)
+    out = Path(strategy.gather_object(str(run_directory(cfg, run_dir)))[0])  # rank 0 names it for all
     ckpts = CheckpointDir(out / "checkpoints", cfg.checkpoint.keep_last)
-    resumed = _find_checkpoint(ckpts, resume)
-    if resumed:
-        try:
-            trainer.load_state_dict(resumed[1])
-        except (KeyError, RuntimeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0][:300]
-            raise UserError(f"checkpoint {resumed[0]} does not fit this run's model/optimizer: {first}") from e
-
-    main = strategy.is_main
+    resumed = _resume(trainer, ckpts, resume)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", config.to_yaml(cfg))
@@ -95,10 +119,11 @@ def train(cfg: config.Config, run_dir: str | None = None, resume: str | None = N
     metrics = MetricsFile(out / "metrics.jsonl", resume_step=trainer.step) if main else None
     progress = Progress(trainer.total_steps, trainer.step, cfg.log.progress, enabled=main)
     if resumed:
-        progress.write(f"resumed from {resumed[0]} at step {trainer.step}")
+        progress.write(f"resumed from {resumed} at step {trainer.step}")
     progress.write(
-        f"training {cfg.model.name} ({models.count_parameters(model):,} parameters) on {cfg.data.name} "
-        f"for {trainer.total_steps} steps on {strategy.device}, precision {trainer.dtype or 'fp32'}, run dir {out}"
+        f"training {cfg.model.name} ({n_params:,} parameters) on {cfg.data.name} for {trainer.total_steps} steps "
+        f"on {strategy.world_size} x {strategy.device} ({strategy.name}), precision {trainer.dtype or 'fp32'}, "
+        f"run dir {out}"
     )
     trainer.observers = [progress.log] + ([metrics.write] if metrics else [])
     try:
@@ -107,27 +132,32 @@ def train(cfg: config.Config, run_dir: str | None = None, resume: str | None = N
         progress.close()
         if metrics:
             metrics.close()
-        strategy.close()
+    fingerprints = strategy.gather_object(strategy.parameter_fingerprint())
 
     summary = {
         "run_dir": str(out),
         "model": cfg.model.name,
         "data": cfg.data.name,
-        "parameters": models.count_parameters(model),
+        "parameters": n_params,
         "steps": trainer.total_steps,
         "epochs": round(trainer.epoch, 4),
         "device": str(strategy.device),
+        "strategy": strategy.name,
         "precision": str(trainer.dtype or "fp32").replace("torch.", ""),
         "world_size": strategy.world_size,
         "global_batch_size": cfg.data.batch_size * cfg.train.grad_accum * strategy.world_size,
-        "resumed_from": str(resumed[0]) if resumed else None,
+        "resumed_from": str(resumed) if resumed else None,
         "wall_time_s": round(time.perf_counter() - t0, 3),
         "val": {k: v for k, v in results["val"].items() if k not in ("split", "step")},
         "test": {k: v for k, v in results["test"].items() if k not in ("split", "step")},
         "checkpoint": str(ckpts.latest()),
+        "parameter_fingerprints": fingerprints,  # one per rank; equal when the replicas agree
     }
-    if main:
-        write_json(out / "summary.json", summary)
-        if cfg.log.plots:
-            plot_curves(read(out / "metrics.jsonl"), out)
+    if len(set(fingerprints)) > 1 and strategy.name != "deepspeed":
+        progress.write(f"warning: the model differs between ranks after training: {fingerprints}")
+    if not main:
+        return None  # only rank 0 reports
+    write_json(out / "summary.json", summary)
+    if cfg.log.plots:
+        plot_curves(read(out / "metrics.jsonl"), out)
     return summary

@@ -17,7 +17,7 @@ from hpc_dl.config import Config, to_dict
 from hpc_dl.data.loader import BatchStream, eval_batches
 from hpc_dl.data.spec import Splits
 from hpc_dl.dist.strategy import Strategy
-from hpc_dl.errors import ConfigError
+from hpc_dl.errors import CheckpointError, ConfigError
 from hpc_dl.train import precision, rng
 from hpc_dl.train.checkpoint import CheckpointDir
 from hpc_dl.train.optim import build_optimizer, build_scheduler
@@ -145,24 +145,29 @@ class Trainer:
                 observe(record)
 
     # ---------------------------------------------------------------- state
-    def state_dict(self) -> dict:
-        return {
-            **self.strategy.state_dict(),
+    def save(self, checkpoints: CheckpointDir) -> None:
+        """Model and optimizer state come from the strategy; the loop adds its own position and
+        every rank's RNG state (dropout and augmentation differ per rank)."""
+        extra = {
             "step": self.step,
             "data": self.stream.state_dict(),
-            "rng": rng.get_state(),
+            "rng": self.strategy.gather_object(rng.get_state()),
+            "world_size": self.strategy.world_size,
+            "config": to_dict(self.cfg),
         }
+        self.strategy.save_checkpoint(checkpoints, self.step, extra)
 
-    def load_state_dict(self, state: dict) -> None:
-        self.strategy.load_state_dict(state)
+    def load(self, path) -> dict:
+        state = self.strategy.load_checkpoint(path)
+        if state["world_size"] != self.strategy.world_size:
+            raise CheckpointError(
+                f"checkpoint {path} was written by {state['world_size']} rank(s); resume it with the same "
+                f"world size, not {self.strategy.world_size} (the data order and RNG states are per rank)"
+            )
         self.step = int(state["step"])
         self.stream.load_state_dict(state["data"])
-        rng.set_state(state["rng"])
-
-    def save(self, checkpoints: CheckpointDir) -> None:
-        state = self.state_dict()  # every rank takes part (needed by sharded strategies)
-        if self.strategy.is_main:
-            checkpoints.save(self.step, {**state, "config": to_dict(self.cfg)})
+        rng.set_state(state["rng"][self.strategy.rank])
+        return state
 
     @property
     def epoch(self) -> float:

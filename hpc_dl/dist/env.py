@@ -1,0 +1,216 @@
+"""Who is who in a job: the world from torchrun's or Slurm's variables, the process
+group, and start-up checks that fail with an explanation instead of hanging.
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR/PORT.
+Plain ``srun`` (no torchrun) gives SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID and
+the node list; the first node hosts the rendezvous on a port derived from the job
+id, so two jobs sharing a node do not collide.
+
+Every rank checks in on the rendezvous store with its host and process id before
+any collective runs. Rank 0 waits for all of them for ``dist.timeout_s`` and
+otherwise fails naming the ranks (and, under Slurm, the hosts) that never came.
+"""
+
+import datetime
+import ipaddress
+import json
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from hpc_dl.errors import JobError, UserError
+
+
+@dataclass
+class World:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    launcher: str = "single"  # single | torchrun | slurm
+    nnodes: int = 1
+    expected_hosts: list[str] = field(default_factory=list)  # host of each rank, where Slurm tells us
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1 or self.launcher != "single"
+
+
+def expand_hostlist(hostlist: str) -> list[str]:
+    """Slurm's compressed host list, e.g. ``gpu[01-03,07],login1`` -> gpu01 gpu02 gpu03 gpu07 login1
+    (what ``scontrol show hostnames`` prints, which is not there inside most containers)."""
+    hosts = []
+    for prefix, ranges, plain in re.findall(r"([^,\[]+)\[([^\]]+)\]|([^,\[\]]+)", hostlist):
+        if plain:
+            hosts.append(plain)
+            continue
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            for n in range(int(lo), int(hi or lo) + 1):
+                hosts.append(f"{prefix}{n:0{len(lo)}d}")
+    return hosts
+
+
+def _tasks_per_node(spec: str) -> list[int]:
+    """SLURM_TASKS_PER_NODE, e.g. ``2(x3),1`` -> [2, 2, 2, 1]."""
+    counts = []
+    for part in spec.split(","):
+        m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if m:
+            counts += [int(m[1])] * int(m[2] or 1)
+    return counts
+
+
+def detect(env=None) -> World:
+    env = os.environ if env is None else env
+    nnodes = int(env.get("SLURM_NNODES") or env.get("SLURM_JOB_NUM_NODES") or 1)
+    hosts = expand_hostlist(env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "")
+    if "RANK" in env and "WORLD_SIZE" in env:
+        world = World(
+            rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]), local_rank=int(env.get("LOCAL_RANK", 0)),
+            local_world_size=int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])),
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=int(env.get("MASTER_PORT", 29500)),
+            launcher="torchrun", nnodes=int(env.get("GROUP_WORLD_SIZE", nnodes) if "SLURM_JOB_ID" in env else 1),
+        )  # fmt: skip
+        return world
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        per_node = _tasks_per_node(env.get("SLURM_TASKS_PER_NODE", ""))
+        expected = [h for h, n in zip(hosts, per_node) for _ in range(n)]  # Slurm's default block distribution
+        job = int(env.get("SLURM_JOB_ID", "0"))
+        return World(
+            rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
+            local_rank=int(env.get("SLURM_LOCALID", 0)),
+            local_world_size=int(env.get("SLURM_NTASKS_PER_NODE") or (per_node[0] if per_node else 1)),
+            master_addr=env.get("MASTER_ADDR") or (hosts[0] if hosts else "127.0.0.1"),
+            master_port=int(env.get("MASTER_PORT") or 20000 + job % 20000), launcher="slurm", nnodes=nnodes,
+            expected_hosts=expected if len(expected) == int(env["SLURM_NTASKS"]) else [],
+        )  # fmt: skip
+    return World()
+
+
+def _is_loopback(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(addr)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def check(world: World, env=None) -> None:
+    """Catch the misconfigurations that otherwise end in a hang or a world of one."""
+    env = os.environ if env is None else env
+    if "SLURM_JOB_ID" in env and world.launcher == "torchrun" and "SLURM_NNODES" in env:
+        expected = int(env["SLURM_NNODES"]) * world.local_world_size
+        if world.world_size != expected:
+            raise UserError(
+                f"WORLD_SIZE={world.world_size} but the Slurm allocation has {env['SLURM_NNODES']} node(s) x "
+                f"{world.local_world_size} process(es) per node = {expected}: is torchrun's --nnodes equal to "
+                "$SLURM_NNODES, and does every node run one torchrun?"
+            )
+    if world.launcher == "slurm" and "SLURM_NTASKS" in env and world.world_size != int(env["SLURM_NTASKS"]):
+        raise UserError(f"world size {world.world_size} does not match SLURM_NTASKS={env['SLURM_NTASKS']}")
+    if world.nnodes > 1 and _is_loopback(world.master_addr):
+        raise UserError(
+            f"MASTER_ADDR={world.master_addr} is this machine's loopback address, but the job spans "
+            f"{world.nnodes} nodes: each node would form its own world. Use the first host of the "
+            "allocation, e.g. MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1)"
+        )
+    if torch.cuda.is_available() and world.local_world_size > torch.cuda.device_count():
+        raise UserError(
+            f"{world.local_world_size} processes per node but {torch.cuda.device_count()} GPU(s) are visible on "
+            f"{socket.gethostname()} (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '<unset>')}): "
+            "match --nproc_per_node / --ntasks-per-node to --gpus-per-node"
+        )
+
+
+def _store(world: World, timeout: datetime.timedelta) -> dist.Store:
+    # torchrun's agent already serves a store at MASTER_ADDR:MASTER_PORT; otherwise rank 0 hosts it.
+    host = world.launcher != "torchrun" and world.rank == 0
+    store = dist.TCPStore(world.master_addr, world.master_port, world.world_size, host, timeout=timeout,
+                          wait_for_workers=False)  # fmt: skip
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # keys of an earlier attempt are stale
+    return dist.PrefixStore(f"hpc_dl/attempt_{attempt}", store)
+
+
+def check_in(store: dist.Store, world: World, timeout_s: float, prefix="checkin") -> list[dict]:
+    """Every rank posts (host, pid, local rank); returns all of them, or raises naming the absent ranks."""
+    me = {"rank": world.rank, "host": socket.gethostname(), "pid": os.getpid(), "local_rank": world.local_rank}
+    store.set(f"{prefix}/{world.rank}", json.dumps(me))
+    keys = [f"{prefix}/{r}" for r in range(world.world_size)]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if store.check(keys):
+            return [json.loads(store.get(k)) for k in keys]
+        time.sleep(0.05)
+    present = [json.loads(store.get(k)) for k in keys if store.check([k])]
+    missing = sorted(set(range(world.world_size)) - {p["rank"] for p in present})
+    seen = ", ".join("rank {rank} on {host}".format(**p) for p in present)
+    late = describe_missing(missing, world)
+    raise JobError(f"{late} did not start within dist.timeout_s = {timeout_s:g} s; present: {seen}")
+
+
+def describe_missing(ranks: list[int], world: World, checked_in: list[dict] | None = None) -> str:
+    hosts = {p["rank"]: p["host"] for p in checked_in or []}
+    where = []
+    for r in ranks:
+        host = hosts.get(r) or (world.expected_hosts[r] if r < len(world.expected_hosts) else None)
+        where.append(f"rank {r}" + (f" ({host})" if host else ""))
+    return ("ranks " if len(where) > 1 else "") + ", ".join(where)
+
+
+@dataclass
+class Group:
+    """The formed world: its store (for check-in and failure reports) and what each rank reported."""
+
+    world: World
+    store: dist.Store
+    members: list[dict]
+
+    def report_failure(self, message: str) -> None:
+        """Leave a note for the other ranks before this one exits with an error."""
+        try:
+            self.store.set(f"failed/{self.world.rank}", message[:500])
+        except Exception:  # the store itself may be what failed
+            pass
+
+    def diagnose(self, error: BaseException, wait_s: float = 5.0) -> str | None:
+        """After a collective failed: which ranks are gone? None when every rank is alive
+        (the error was an ordinary one)."""
+        w = self.world
+        try:
+            self.store.set(f"alive/{w.rank}", "1")
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline and not self.store.check([f"alive/{r}" for r in range(w.world_size)]):
+                time.sleep(0.1)
+            gone = [r for r in range(w.world_size) if not self.store.check([f"alive/{r}"])]
+            reasons = {r: self.store.get(f"failed/{r}").decode() for r in gone if self.store.check([f"failed/{r}"])}
+        except Exception:  # rank 0 hosted the store: it is the one that is gone
+            host = self.members[0]["host"] if self.members else "?"
+            return f"rank 0 ({host}) failed or stopped responding: the rendezvous store it hosted is unreachable"
+        if not gone:
+            return None
+        why = "; ".join(f"rank {r}: {m}" for r, m in reasons.items())
+        seen = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        who = describe_missing(gone, w, self.members)
+        return f"{who} failed or stopped responding" + (f" ({why})" if why else "") + f"; rank {w.rank} saw: {seen}"
+
+
+def init(world: World, backend: str, timeout_s: float) -> Group:
+    """Form the process group after every rank has checked in."""
+    timeout = datetime.timedelta(seconds=timeout_s)
+    try:
+        store = _store(world, timeout)
+    except (RuntimeError, dist.DistError) as e:
+        raise UserError(
+            f"rank {world.rank} could not reach the rendezvous at {world.master_addr}:{world.master_port} "
+            f"within {timeout_s:g} s ({str(e).splitlines()[0]})"
+        ) from e
+    members = check_in(store, world, timeout_s)
+    dist.init_process_group(backend, store=store, rank=world.rank, world_size=world.world_size, timeout=timeout)
+    return Group(world, store, members)
