@@ -89,6 +89,39 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_preflight(args) -> int:
+    from hpc_dl import config
+    from hpc_dl.dist import preflight, strategy
+
+    cfg = config.load(None, ["dist.strategy=ddp", f"dist.timeout_s={args.timeout}", f"train.device={args.device}"])
+    s = strategy.build(cfg)  # check-in: a missing rank fails here, named
+    try:
+        report = preflight.run(s, megabytes=args.megabytes)
+        if s.is_main:
+            print(preflight.format_report(report))
+    finally:
+        s.close()
+    return 0
+
+
+def cmd_consolidate(args) -> int:
+    from pathlib import Path
+
+    from hpc_dl.dist.zero import consolidate
+
+    folder = Path(args.checkpoint)
+    if (folder / "checkpoints").is_dir():  # a run directory: its latest checkpoint
+        from hpc_dl.train.checkpoint import CheckpointDir
+
+        folder = CheckpointDir(folder / "checkpoints", 1).latest() or folder
+    if not folder.is_dir():
+        raise UserError(f"{args.checkpoint}: not a DeepSpeed checkpoint folder or a run directory that holds one")
+    out = Path(args.out or folder.parent.parent / "model_fp32.pt")
+    consolidate(folder, out)
+    print(f"wrote {out} (consolidated fp32 state dict of {folder})")
+    return 0
+
+
 def cmd_info(args) -> int:
     from hpc_dl.telemetry import manifest
 
@@ -129,6 +162,25 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--classes", type=int, help="number of classes for --summary")
     m.add_argument("--small-input", action="store_true", help="torchvision models: the small-image stem")
     m.set_defaults(func=cmd_models)
+
+    pf = sub.add_parser(
+        "preflight",
+        help="check every rank and an all-reduce (run under torchrun or srun)",
+        description="Every rank checks in; an all-reduce is verified and timed. Exit 1 with a table on failure.",
+    )
+    pf.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for all ranks (default 60)")
+    pf.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    pf.add_argument("--megabytes", type=float, default=64.0, help="all-reduce size for the bandwidth figure")
+    pf.set_defaults(func=cmd_preflight)
+
+    co = sub.add_parser(
+        "consolidate",
+        help="write a DeepSpeed checkpoint as one fp32 state dict",
+        description="Gather a (ZeRO-partitioned) DeepSpeed checkpoint into one fp32 state dict for inference.",
+    )
+    co.add_argument("checkpoint", help="a checkpoints/step_N folder, or a run directory (its latest checkpoint)")
+    co.add_argument("--out", help="output file (default: <run dir>/model_fp32.pt)")
+    co.set_defaults(func=cmd_consolidate)
 
     i = sub.add_parser("info", help="print the environment report", description="Versions, devices, Slurm.")
     i.add_argument("--json", action="store_true", help="print JSON")
