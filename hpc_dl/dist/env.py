@@ -160,8 +160,8 @@ def describe_missing(ranks: list[int], world: World, checked_in: list[dict] | No
     where = []
     for r in ranks:
         host = hosts.get(r) or (world.expected_hosts[r] if r < len(world.expected_hosts) else None)
-        where.append(f"rank {r}" + (f" ({host})" if host else ""))
-    return ("ranks " if len(where) > 1 else "") + ", ".join(where)
+        where.append(f"{r}" + (f" ({host})" if host else ""))
+    return ("ranks " if len(where) > 1 else "rank ") + ", ".join(where)
 
 
 @dataclass
