@@ -8,6 +8,7 @@ for all-reduce, comparable across world sizes.
 import os
 import socket
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,12 +44,25 @@ def _time_all_reduce(tensor: torch.Tensor, repeats: int) -> float:
     return statistics.median(times)
 
 
-def nccl_transport(log_dir: str | None = os.environ.get("HPC_DL_NCCL_LOG_DIR")) -> str | None:
-    """Which network transport NCCL chose, read from its debug log (NCCL_DEBUG=INFO with
-    NCCL_DEBUG_FILE set, as the sbatch templates do): 'IB', 'Socket' or None if unknown."""
-    if not log_dir or not Path(log_dir).is_dir():
+def capture_nccl_log() -> None:
+    """Send NCCL's INIT/NET log lines to a file (not the console) so preflight can tell which
+    transport NCCL chose. Must run before the first NCCL communicator; a user's own
+    NCCL_DEBUG setting is left alone."""
+    if "NCCL_DEBUG" in os.environ:
+        return
+    folder = Path(tempfile.gettempdir()) / f"hpc_dl-nccl-{os.environ.get('SLURM_JOB_ID') or os.getppid()}"
+    folder.mkdir(exist_ok=True)
+    os.environ.update(NCCL_DEBUG="INFO", NCCL_DEBUG_SUBSYS="INIT,NET", NCCL_DEBUG_FILE=str(folder / "%h.%p.log"))
+    os.environ["HPC_DL_NCCL_LOG"] = str(folder / f"{socket.gethostname()}.{os.getpid()}.log")
+
+
+def nccl_transport(log: str | None = None) -> str | None:
+    """Which network transport NCCL chose, from this process's NCCL log: 'IB', 'Socket', or None
+    when unknown (no log, or no network used, as within one node)."""
+    path = Path(log or os.environ.get("HPC_DL_NCCL_LOG", ""))
+    if not path.is_file():
         return None
-    text = "\n".join(p.read_text(errors="replace") for p in Path(log_dir).glob(f"*{socket.gethostname()}*"))
+    text = path.read_text(errors="replace")
     for transport in ("NET/IB", "NET/Socket"):
         if transport in text:
             return transport.split("/")[1]

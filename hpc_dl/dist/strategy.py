@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hpc_dl.dist import env
+from hpc_dl.dist import env, preflight
 from hpc_dl.errors import CheckpointError, ConfigError
 from hpc_dl.train import checkpoint
 
@@ -178,6 +178,7 @@ def build(cfg) -> Strategy:
     device = select_device(cfg.train.device, world.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        preflight.capture_nccl_log()
     group = env.init(world, "nccl" if device.type == "cuda" else "gloo", cfg.dist.timeout_s)
     if name == "ddp":
         return DDP(cfg, device, group)
