@@ -188,6 +188,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_after_distributed(code: int) -> int:
+    """After a run in a process group, end the process at once: native threads of gloo,
+    NCCL or DeepSpeed can abort the interpreter's teardown ("terminate called without an
+    active exception") and turn a finished job into a failed one. Files are closed and the
+    group destroyed by then; only the streams need flushing."""
+    dist_env = sys.modules.get("hpc_dl.dist.env")
+    if dist_env is None or not dist_env.FORMED:
+        return code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
@@ -195,15 +208,16 @@ def main(argv: list[str] | None = None) -> int:
         parser().print_help()
         return 0
     try:
-        return args.func(args)
+        code = args.func(args)
     except (UserError, JobError) as e:
         if args.debug:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, UserError) else 1
+        code = 2 if isinstance(e, UserError) else 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        code = 130
     except BrokenPipeError:  # `hpc-dl models | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        code = 0
+    return _exit_after_distributed(code)

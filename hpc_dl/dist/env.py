@@ -25,6 +25,8 @@ import torch.distributed as dist
 
 from hpc_dl.errors import JobError, UserError
 
+FORMED = False  # set once this process has joined a process group (see cli.main)
+
 
 @dataclass
 class World:
@@ -211,6 +213,8 @@ def init(world: World, backend: str, timeout_s: float) -> Group:
             f"rank {world.rank} could not reach the rendezvous at {world.master_addr}:{world.master_port} "
             f"within {timeout_s:g} s ({str(e).splitlines()[0]})"
         ) from e
+    global FORMED
+    FORMED = True
     members = check_in(store, world, timeout_s)
     dist.init_process_group(backend, store=store, rank=world.rank, world_size=world.world_size, timeout=timeout)
     return Group(world, store, members)

@@ -100,7 +100,10 @@ def format_report(report: list[dict]) -> str:
     cols = ["rank", "host", "local_rank", "device", "free_gib", "nccl", "transport", "all_reduce_ok", "busbw_gbs"]
     rows = [[str(r.get(c)) for c in cols] for r in report]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
-    lines = ["preflight: " + ("all ranks checked in, all-reduce correct" if all(r["all_reduce_ok"] for r in report) else "FAILED")]
+    lines = [
+        "preflight: "
+        + ("all ranks checked in, all-reduce correct" if all(r["all_reduce_ok"] for r in report) else "FAILED")
+    ]
     lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
     hosts = {r["host"] for r in report}

@@ -185,5 +185,3 @@ def build(cfg) -> Strategy:
     from hpc_dl.dist.zero import DeepSpeed  # imports deepspeed, which is slow and optional
 
     return DeepSpeed(cfg, device, group)
-
-

@@ -73,11 +73,15 @@ class DeepSpeed(Strategy):
         self.config = deepspeed_config(self.cfg, self.world_size, autocast_dtype(self.cfg.train.precision, self.device))
         in_config = "optimizer" in self.config
         schedule = scheduler.lr_lambdas[0]
+
+        def client_scheduler(opt):
+            return torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=module,
             model_parameters=optimizer.param_groups if in_config else None,  # keeps the no-decay groups
             optimizer=None if in_config else optimizer,
-            lr_scheduler=None if "scheduler" in self.config else (lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule)),
+            lr_scheduler=None if "scheduler" in self.config else client_scheduler,
             config=self.config,
             dist_init_required=False,
         )  # fmt: skip

@@ -7,7 +7,7 @@ import torch
 
 from hpc_dl.train import checkpoint
 from tests.conftest import CONFIGS, run_cli
-from tests.dist.launch import srun_like, torchrun
+from tests.distributed.launch import srun_like, torchrun
 
 pytestmark = pytest.mark.slow
 

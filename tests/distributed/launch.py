@@ -12,9 +12,13 @@ QUIET = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ign
 def torchrun(*args, nproc=2, env=None, timeout=300, check=True) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "hpc_dl", *map(str, args)]  # fmt: skip
-    proc = subprocess.run(cmd, env={**os.environ, **QUIET, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        cmd, env={**os.environ, **QUIET, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"torchrun {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"torchrun {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -41,7 +45,9 @@ def srun_like(*args, ranks=(0, 1), ntasks=2) -> list[subprocess.Popen]:
         subprocess.Popen(
             [sys.executable, "-m", "hpc_dl", *map(str, args)],
             env={**clean, **QUIET, **slurm_env(r, ntasks, port)},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         for r in ranks
     ]

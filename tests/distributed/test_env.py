@@ -20,8 +20,10 @@ def test_world_from_torchrun_variables():
 
 
 def test_world_from_plain_srun_variables():
-    w = env.detect({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_NNODES": "2",
-                    "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_TASKS_PER_NODE": "4(x2)", "SLURM_JOB_ID": "123456"})  # fmt: skip
+    w = env.detect({
+        "SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_NNODES": "2",
+        "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_TASKS_PER_NODE": "4(x2)", "SLURM_JOB_ID": "123456",
+    })  # fmt: skip
     assert (w.rank, w.world_size, w.local_rank, w.local_world_size, w.launcher) == (5, 8, 1, 4, "slurm")
     assert w.master_addr == "gpu07" and w.master_port == 20000 + 123456 % 20000
     assert w.expected_hosts == ["gpu07"] * 4 + ["gpu08"] * 4

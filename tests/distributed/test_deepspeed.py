@@ -8,7 +8,7 @@ import torch
 from hpc_dl import config, models
 from hpc_dl.data import build as build_data
 from tests.conftest import CONFIGS, run_cli
-from tests.dist.launch import torchrun
+from tests.distributed.launch import torchrun
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.conftest import CONFIGS
-from tests.dist.launch import srun_like, torchrun
+from tests.distributed.launch import srun_like
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,7 @@ def test_torchrun_job_with_a_killed_rank_exits_non_zero_naming_it(tmp_path):
     import subprocess
     import sys
 
-    from tests.dist.launch import QUIET
+    from tests.distributed.launch import QUIET
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "hpc_dl",
            "train", *map(str, LONG), "--run-dir", str(tmp_path / "run")]  # fmt: skip
@@ -81,10 +81,10 @@ def _worker_pid(parent: int, rank: int) -> int:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
         except OSError:
             continue
         if ppid == parent and f"RANK={rank}".encode() in environ:
             return int(pid)
     raise AssertionError(f"no worker with RANK={rank} under {parent}")
-
