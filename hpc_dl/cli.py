@@ -122,6 +122,40 @@ def cmd_consolidate(args) -> int:
     return 0
 
 
+def cmd_flops(args) -> int:
+    from hpc_dl import config, data
+    from hpc_dl.telemetry import flops
+
+    path, overrides = _split_config(args)
+    cfg = config.load(path, overrides)
+    spec = data.build(cfg.data).spec
+    counted = flops.count(cfg.model, spec, cfg.data.batch_size)
+    print(flops.format_table(cfg.model.name, counted, flops.parameters_by_module(cfg.model, spec), cfg.log.peak_tflops))
+    if cfg.model.name == "gpt":
+        analytic = flops.gpt_analytic(cfg.model, spec, cfg.data.batch_size)
+        print(f"analytic 6*N*tokens + 12*L*T*d*tokens: {analytic / 1e9:.4f} GFLOP "
+              f"({analytic / counted.total - 1:+.2%} vs counted; MFU uses the counted figure)")  # fmt: skip
+    return 0
+
+
+def cmd_bench_gemm(args) -> int:
+    from hpc_dl.bench import gemm
+    from hpc_dl.dist.strategy import select_device
+    from hpc_dl.fileio import write_json
+
+    device = select_device(args.device)
+    dtypes = args.dtypes.split(",") if args.dtypes else (["bf16", "tf32"] if device.type == "cuda" else ["fp32"])
+    unknown = [d for d in dtypes if d not in gemm.DTYPES]
+    if unknown:
+        raise UserError(f"--dtypes: unknown {', '.join(unknown)}; choose from {', '.join(gemm.DTYPES)}")
+    result = gemm.run(device, dtypes, repeats=args.repeats)
+    print(gemm.format_table(result))
+    if args.out:
+        write_json(args.out, result)
+        print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_info(args) -> int:
     from hpc_dl.telemetry import manifest
 
@@ -181,6 +215,20 @@ def parser() -> argparse.ArgumentParser:
     co.add_argument("checkpoint", help="a checkpoints/step_N folder, or a run directory (its latest checkpoint)")
     co.add_argument("--out", help="output file (default: <run dir>/model_fp32.pt)")
     co.set_defaults(func=cmd_consolidate)
+
+    fl = sub.add_parser("flops", help="FLOPs of one training step, per module", description="Count model FLOPs.")
+    _add_config_args(fl)
+    fl.set_defaults(func=cmd_flops)
+
+    bench = sub.add_parser("bench", help="microbenchmarks").add_subparsers(dest="bench", metavar="BENCH", required=True)
+    gm = bench.add_parser("gemm", help="matmul TFLOP/s per dtype and size", description="Matmul throughput.")
+    gm.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    gm.add_argument(
+        "--dtypes", help="comma-separated: bf16, fp16, tf32, fp32 (default: bf16,tf32 on GPUs, fp32 on CPUs)"
+    )
+    gm.add_argument("--repeats", type=int, default=10)
+    gm.add_argument("--out", help="write the results as JSON here")
+    gm.set_defaults(func=cmd_bench_gemm)
 
     i = sub.add_parser("info", help="print the environment report", description="Versions, devices, Slurm.")
     i.add_argument("--json", action="store_true", help="print JSON")

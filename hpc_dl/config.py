@@ -250,6 +250,7 @@ class LogConfig:
         "auto", "auto: a bar on a terminal, plain lines otherwise (Slurm logs)"
     )
     plots: bool = _opt(True, "write PNG plots of the curves at the end")
+    peak_tflops: float | None = _opt(None, "peak TFLOP/s per device for MFU; null: from the GPU model", gt=0)
 
 
 @dataclass

@@ -11,6 +11,7 @@ Run directory (``log.dir/<run name>``):
 
 import datetime
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from hpc_dl.dist import preflight
 from hpc_dl.dist import strategy as strategies
 from hpc_dl.errors import JobError, UserError
 from hpc_dl.fileio import write_json, write_text
-from hpc_dl.telemetry import manifest
+from hpc_dl.telemetry import flops, manifest, peaks
 from hpc_dl.telemetry.metrics import MetricsFile, read
 from hpc_dl.telemetry.plots import plot_curves
 from hpc_dl.telemetry.progress import Progress
@@ -73,6 +74,15 @@ def _resume(trainer: Trainer, ckpts: CheckpointDir, resume: str | None) -> Path 
     return found[0] if found else None  # auto with nothing to resume: start fresh
 
 
+def _flops_per_sample(cfg: config.Config, spec) -> float | None:
+    """Counted once, on the meta device; a model the counter cannot trace just gets no MFU."""
+    try:
+        return flops.count(cfg.model, spec, cfg.data.batch_size).per_sample
+    except Exception as e:  # noqa: BLE001 - telemetry must never stop a run
+        print(f"warning: could not count the model's FLOPs ({type(e).__name__}: {e}); no MFU", file=sys.stderr)
+        return None
+
+
 def train(cfg: config.Config, run_dir: str | None = None, resume: str | None = None) -> dict | None:
     """Run one training job; returns the summary on rank 0 and None on the other ranks."""
     t0 = time.perf_counter()
@@ -108,6 +118,10 @@ def _train(cfg: config.Config, strategy, run_dir: str | None, resume: str | None
     n_params = models.count_parameters(model)  # before a sharded strategy partitions it
     trainer = Trainer(cfg, strategy, splits, model)
     rng.seed_everything(cfg.train.seed + 1_000_003 * strategy.rank)  # dropout/augmentation differ per rank
+    trainer.flops_per_sample = _flops_per_sample(cfg, splits.spec)
+    trainer.peak_tflops, peak_source = peaks.resolve(
+        cfg.log.peak_tflops, strategy.device, trainer.dtype, cfg.train.tf32
+    )
 
     out = Path(strategy.gather_object(str(run_directory(cfg, run_dir)))[0])  # rank 0 names it for all
     ckpts = CheckpointDir(out / "checkpoints", cfg.checkpoint.keep_last)
@@ -125,6 +139,9 @@ def _train(cfg: config.Config, strategy, run_dir: str | None, resume: str | None
         f"on {strategy.world_size} x {strategy.device} ({strategy.name}), precision {trainer.dtype or 'fp32'}, "
         f"run dir {out}"
     )
+    if trainer.flops_per_sample:
+        progress.write(f"model FLOPs per sample (forward + backward): {trainer.flops_per_sample / 1e9:.4g} GFLOP; "
+                       f"MFU against {trainer.peak_tflops or '-'} TFLOP/s: {peak_source}")  # fmt: skip
     trainer.observers = [progress.log] + ([metrics.write] if metrics else [])
     try:
         results = trainer.fit(ckpts, on_step=progress.update)

@@ -75,6 +75,8 @@ class Trainer:
         self.loss_fn, self.correct_fn = TASKS[splits.spec.task]
         self.step = 0
         self.observers: list[Callable[[dict], None]] = []
+        self.flops_per_sample: float | None = None  # model FLOPs (forward + backward), for MFU
+        self.peak_tflops: float | None = None
 
     # ----------------------------------------------------------------- loop
     def fit(self, checkpoints: CheckpointDir | None = None, on_step: Callable[[int], None] = lambda s: None) -> dict:
@@ -214,5 +216,11 @@ class _Window:
         }
         if tr.splits.spec.task == "lm":
             record["tokens_per_s"] = self.timed_targets * tr.strategy.world_size / elapsed if elapsed > 0 else None
+        if tr.flops_per_sample and elapsed > 0:
+            per_device = tr.flops_per_sample * self.timed_samples / elapsed  # this rank's share of the job
+            record["tflops_per_device"] = per_device / 1e12
+            if tr.peak_tflops:
+                record["mfu"] = per_device / (tr.peak_tflops * 1e12)
+                record["peak_tflops"] = tr.peak_tflops
         self.reset()
         return record
