@@ -251,6 +251,9 @@ class LogConfig:
     )
     plots: bool = _opt(True, "write PNG plots of the curves at the end")
     peak_tflops: float | None = _opt(None, "peak TFLOP/s per device for MFU; null: from the GPU model", gt=0)
+    achievable_tflops: float | None = _opt(None, "measured matmul TFLOP/s (hpc-dl bench gemm) for a second MFU", gt=0)
+    utilisation: bool = _opt(True, "sample GPU (NVML) and host (CPU, memory) utilisation on every rank")
+    sample_interval_s: float = _opt(1.0, "seconds between utilisation samples", gt=0)
 
 
 @dataclass

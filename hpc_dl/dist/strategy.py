@@ -61,6 +61,9 @@ class Strategy:
         """Context for one micro-step; gradients are only synchronised when ``sync``."""
         return contextlib.nullcontext()
 
+    def time_communication(self, timer) -> None:
+        """Have gradient communication timed into ``timer.comm``, where it can be."""
+
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
 
@@ -154,6 +157,11 @@ class DDP(Strategy):
 
     def no_sync(self, sync: bool):
         return contextlib.nullcontext() if sync else self.ddp.no_sync()
+
+    def time_communication(self, timer) -> None:
+        from hpc_dl.telemetry.timing import timed_allreduce_hook
+
+        self.ddp.register_comm_hook(None, timed_allreduce_hook(timer))
 
 
 def _free_port() -> int:

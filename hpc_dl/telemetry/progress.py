@@ -9,6 +9,9 @@ import time
 
 from tqdm import tqdm
 
+# What a console line shows; metrics.jsonl has everything.
+SHOWN = ("epoch", "loss", "accuracy", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "mfu", "step_s", "samples")
+
 
 class Progress:
     def __init__(self, total: int, start: int, mode: str, enabled: bool = True):
@@ -24,7 +27,7 @@ class Progress:
 
     def log(self, record: dict) -> None:
         """Show a train or eval record."""
-        fields = {k: v for k, v in record.items() if k not in ("step", "split", "time")}
+        fields = {k: v for k, v in record.items() if k in SHOWN}
         if self.bar is not None and record["split"] == "train":
             self.bar.set_postfix({k: _fmt(v) for k, v in fields.items() if k in ("loss", "lr", "samples_per_s")})
         elif self.mode != "off":

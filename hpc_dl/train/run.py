@@ -24,6 +24,7 @@ from hpc_dl.telemetry import flops, manifest, peaks
 from hpc_dl.telemetry.metrics import MetricsFile, read
 from hpc_dl.telemetry.plots import plot_curves
 from hpc_dl.telemetry.progress import Progress
+from hpc_dl.telemetry.sampler import Sampler
 from hpc_dl.train import precision, rng
 from hpc_dl.train.checkpoint import CheckpointDir
 from hpc_dl.train.trainer import Trainer
@@ -143,9 +144,14 @@ def _train(cfg: config.Config, strategy, run_dir: str | None, resume: str | None
         progress.write(f"model FLOPs per sample (forward + backward): {trainer.flops_per_sample / 1e9:.4g} GFLOP; "
                        f"MFU against {trainer.peak_tflops or '-'} TFLOP/s: {peak_source}")  # fmt: skip
     trainer.observers = [progress.log] + ([metrics.write] if metrics else [])
+    if cfg.log.utilisation:
+        gpu = strategy.device.index if strategy.device.type == "cuda" else None
+        trainer.sampler = Sampler(strategy.rank, gpu, cfg.log.sample_interval_s)
     try:
         results = trainer.fit(ckpts, on_step=progress.update)
     finally:
+        if trainer.sampler:
+            trainer.sampler.close()
         progress.close()
         if metrics:
             metrics.close()

@@ -18,6 +18,7 @@ from hpc_dl.data.loader import BatchStream, eval_batches
 from hpc_dl.data.spec import Splits
 from hpc_dl.dist.strategy import Strategy
 from hpc_dl.errors import CheckpointError, ConfigError
+from hpc_dl.telemetry.timing import StepTimer
 from hpc_dl.train import precision, rng
 from hpc_dl.train.checkpoint import CheckpointDir
 from hpc_dl.train.optim import build_optimizer, build_scheduler
@@ -75,8 +76,12 @@ class Trainer:
         self.loss_fn, self.correct_fn = TASKS[splits.spec.task]
         self.step = 0
         self.observers: list[Callable[[dict], None]] = []
+        self.timer = StepTimer(self.device)
+        strategy.time_communication(self.timer)
         self.flops_per_sample: float | None = None  # model FLOPs (forward + backward), for MFU
         self.peak_tflops: float | None = None
+        self.achievable_tflops: float | None = cfg.log.achievable_tflops
+        self.sampler = None  # telemetry.sampler.Sampler, when utilisation is sampled
 
     # ----------------------------------------------------------------- loop
     def fit(self, checkpoints: CheckpointDir | None = None, on_step: Callable[[int], None] = lambda s: None) -> dict:
@@ -88,12 +93,15 @@ class Trainer:
             lr = self.strategy.optimizer.param_groups[0]["lr"]
             for micro in range(accum):
                 x, y = self._to_device(next(batches), train=True)
+                self.timer.mark("data")
                 with self.strategy.no_sync(micro == accum - 1), precision.autocast(self.device, self.dtype):
                     logits = self.model(x)
                     loss = self.loss_fn(logits, y)
                 self.strategy.backward(loss / accum)
                 window.add(loss.detach(), self.correct_fn(logits.detach(), y), y)
+                self.timer.mark("compute")
             window.grad_norm = self.strategy.step(t.grad_clip)
+            self.timer.mark("optimizer")
             self.step += 1
             on_step(self.step)
 
@@ -107,6 +115,7 @@ class Trainer:
             if checkpoints and self.cfg.checkpoint.every and self.step % self.cfg.checkpoint.every == 0 and not last:
                 self.save(checkpoints)
                 window.restart_clock()
+            self.timer.mark("other")
         results = {split: self.evaluate(split) for split in ("val", "test")}
         for record in results.values():
             self._emit(record)
@@ -190,6 +199,7 @@ class _Window:
         self.restart_clock()
 
     def restart_clock(self):
+        self.trainer.timer.reset()
         self.t0 = time.perf_counter()
         self.timed_samples = self.timed_targets = 0
 
@@ -216,11 +226,34 @@ class _Window:
         }
         if tr.splits.spec.task == "lm":
             record["tokens_per_s"] = self.timed_targets * tr.strategy.world_size / elapsed if elapsed > 0 else None
+        record.update(_breakdown(tr.timer))
         if tr.flops_per_sample and elapsed > 0:
             per_device = tr.flops_per_sample * self.timed_samples / elapsed  # this rank's share of the job
             record["tflops_per_device"] = per_device / 1e12
             if tr.peak_tflops:
                 record["mfu"] = per_device / (tr.peak_tflops * 1e12)
                 record["peak_tflops"] = tr.peak_tflops
+            if tr.achievable_tflops:
+                record["mfu_achievable"] = per_device / (tr.achievable_tflops * 1e12)
+        if tr.sampler is not None:  # every rank's utilisation, so the least busy GPU shows
+            ranks = tr.strategy.gather_object(tr.sampler.window())
+            record["ranks"] = ranks
+            for key in ("gpu_util", "cpu_percent"):
+                if key in ranks[0]:
+                    record[f"{key}_min"] = min(r[key] for r in ranks)
+                    record[f"{key}_max"] = max(r[key] for r in ranks)
         self.reset()
         return record
+
+
+def _breakdown(timer: StepTimer) -> dict:
+    """Mean seconds per step of each phase; data + compute + optimizer + other = step."""
+    steps = sum(1 for phase, _ in timer.marks if phase == "optimizer")
+    if not steps:
+        return {}
+    totals = timer.totals()
+    out = {f"{phase}_s": seconds / steps for phase, seconds in totals.items()}
+    out["step_s"] = sum(totals.values()) / steps
+    if timer.comm:
+        out["comm_s"] = timer.comm / steps  # all-reduce, overlapped with compute
+    return out

@@ -85,3 +85,17 @@ def test_preflight_passes_on_two_ranks():
     rows = [line.split() for line in proc.stdout.splitlines() if line[:1].isdigit()]
     assert [r[0] for r in rows] == ["0", "1"] and all(r[7] == "True" for r in rows)
     assert all(float(r[8]) > 0 for r in rows)  # bus bandwidth in GB/s
+
+
+def test_step_time_breakdown_and_every_ranks_host_metrics(ddp_run):
+    out, proc = ddp_run
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    for r in train:
+        parts = r["data_s"] + r["compute_s"] + r["optimizer_s"] + r["other_s"]
+        assert parts == pytest.approx(r["step_s"], rel=1e-9)  # the phases tile the step exactly
+        assert r["compute_s"] > 0 and r["comm_s"] > 0  # the all-reduce, timed by the DDP comm hook
+        assert [x["rank"] for x in r["ranks"]] == [0, 1]
+        assert all(x["rss_gib"] > 0 and x["cpu_percent"] >= 0 for x in r["ranks"])
+        assert r["cpu_percent_min"] <= r["cpu_percent_max"]
+    assert proc.stderr.count("GPU utilisation: not available") == 1  # once, from rank 0
