@@ -6,9 +6,11 @@ import json
 import os
 import sys
 import traceback
+from pathlib import Path
 
 import hpc_dl
 from hpc_dl.errors import JobError, UserError
+from hpc_dl.train.stop import EXIT_STOPPED, Stopped
 
 EPILOG = """\
 examples:
@@ -46,8 +48,9 @@ def cmd_train(args) -> int:
     print(
         f"done: test accuracy {test['accuracy']:.4f}, test loss {test['loss']:.4f} "
         f"({summary['steps']} steps, {summary['wall_time_s']:.1f} s)\n"
-        f"results: {summary['run_dir']}/ (summary.json, metrics.jsonl, config.yaml, env.json, "
-        f"loss.png, accuracy.png, checkpoints/)"
+        f"results: {summary['run_dir']}/ ("
+        + ", ".join(p.name + ("/" if p.is_dir() else "") for p in sorted(Path(summary["run_dir"]).iterdir()))
+        + ")"
     )
     return 0
 
@@ -262,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         code = 2 if isinstance(e, UserError) else 1
+    except Stopped as e:  # a signal (pre-emption, time limit): checkpointed, to be resumed
+        print(f"{e}: continue with --resume auto", file=sys.stderr)
+        code = EXIT_STOPPED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130

@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import math
 import re
+import signal
 import types
 import typing
 from dataclasses import dataclass, field
@@ -233,6 +234,9 @@ class TrainConfig:
     channels_last: bool = _opt(False, "channels_last memory format for conv nets")
     compile: bool = _opt(False, "torch.compile the model")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = _opt("default", "torch.compile mode")
+    stop_signals: list[str] = _opt(
+        ["USR1", "TERM"], "signals on which every rank checkpoints after its current step and stops (pre-emption)"
+    )
 
 
 @dataclass
@@ -254,6 +258,18 @@ class LogConfig:
     achievable_tflops: float | None = _opt(None, "measured matmul TFLOP/s (hpc-dl bench gemm) for a second MFU", gt=0)
     utilisation: bool = _opt(True, "sample GPU (NVML) and host (CPU, memory) utilisation on every rank")
     sample_interval_s: float = _opt(1.0, "seconds between utilisation samples", gt=0)
+    profile_steps: int = _opt(0, "torch.profiler: trace this many steps into <run>/profile (0: off)", ge=0)
+    profile_warmup: int = _opt(5, "torch.profiler: steps run before the traced ones (compilation, caches)", ge=0)
+    wandb: bool = _opt(True, "log to Weights & Biases (rank 0; offline without an API key)")
+    wandb_mode: Literal["auto", "online", "offline"] = _opt(
+        "auto", "auto: online when an API key is configured; WANDB_MODE in the environment wins"
+    )
+    wandb_project: str = _opt("hpc_dl", "W&B project")
+    wandb_entity: str | None = _opt(None, "W&B entity (team or user); null: the key's default")
+    wandb_group: str | None = _opt(None, "W&B group, e.g. one per sweep")
+    wandb_job_type: str = _opt("train", "W&B job type")
+    wandb_tags: list[str] = _opt([], "W&B tags")
+    wandb_notes: str | None = _opt(None, "W&B notes")
 
 
 @dataclass
@@ -533,5 +549,9 @@ def _check(cfg: Config, b: _Builder) -> None:
         b.fail("optim.nesterov", True, "needs optim.name=sgd and optim.momentum > 0")
     if len(o.betas) != 2:
         b.fail("optim.betas", o.betas, "must hold two numbers")
+    for name in t.stop_signals:
+        bare = str(name).upper().removeprefix("SIG")
+        if not hasattr(signal, f"SIG{bare}") or bare in ("KILL", "STOP"):
+            b.fail("train.stop_signals", name, "not a signal that can be caught (e.g. USR1, USR2, TERM, INT)")
     if d.val_fraction + d.test_fraction >= 1:
         b.fail("data.test_fraction", d.test_fraction, "val_fraction + test_fraction must be < 1")

@@ -8,6 +8,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 
+# Runs started by tests stay off W&B unless a test asks for it (WANDB_MODE=offline); never online.
+os.environ["WANDB_MODE"] = "disabled"
+
 
 def run_cli(*args, cwd=None, env=None, timeout=300, check=True) -> subprocess.CompletedProcess:
     """Run ``python -m hpc_dl ARGS`` in a fresh process, as a user would."""
@@ -34,9 +37,11 @@ SECRET = "sk-test-0123456789abcdef-do-not-log"
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory):
     """`hpc-dl train` with no arguments (the embedded default), as a Slurm job would start
-    it, with an API key in the environment that must not end up in any file."""
+    it, with an API key in the environment that must not end up in any file. W&B logs offline,
+    as on a compute node without internet."""
     cwd = tmp_path_factory.mktemp("default")
-    env = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "1", "WANDB_API_KEY": SECRET, "HF_TOKEN": SECRET}
+    env = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "1", "WANDB_MODE": "offline"}
+    env |= {"WANDB_API_KEY": SECRET, "HF_TOKEN": SECRET}
     proc = run_cli("train", cwd=cwd, env=env)
     return cwd / "runs" / "digits-cnn-job4242", proc
 

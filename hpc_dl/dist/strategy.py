@@ -37,6 +37,7 @@ class Strategy:
     def __init__(self, cfg, device: torch.device, group: env.Group | None = None):
         self.cfg, self.device, self.group = cfg, device, group
         self.world = group.world if group else env.World()
+        self._cpu_group = None  # for any_rank
 
     @property
     def rank(self) -> int:
@@ -82,6 +83,17 @@ class Strategy:
         if self.world_size > 1:
             dist.all_reduce(tensor)
         return tensor
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when any rank passes True: a CPU (gloo) all-reduce, so asking
+        every step costs no GPU synchronisation."""
+        if self.world_size == 1:
+            return flag
+        if self._cpu_group is None:  # created at the first call, which every rank makes at the same step
+            self._cpu_group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._cpu_group)
+        return bool(t.item())
 
     def gather_object(self, obj) -> list:
         if self.world_size == 1:

@@ -1,6 +1,7 @@
 """metrics.jsonl: one JSON record per line, appended and flushed as the run goes."""
 
 import json
+import statistics
 from pathlib import Path
 
 from hpc_dl.fileio import write_text
@@ -31,3 +32,19 @@ def read(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             pass  # a line cut short by a crash
     return records
+
+
+THROUGHPUT = ("mfu", "mfu_achievable", "tflops_per_device", "samples_per_s", "tokens_per_s", "step_s")
+
+
+def throughput(records: list[dict]) -> dict:
+    """Median of each throughput figure over the training windows; the first window (warm-up,
+    compilation, first-touch allocation) is left out when there are others."""
+    windows = [r for r in records if r.get("split") == "train"]
+    windows = windows[1:] if len(windows) > 1 else windows
+    out = {}
+    for key in THROUGHPUT:
+        values = [r[key] for r in windows if r.get(key) is not None]
+        if values:
+            out[key] = statistics.median(values)
+    return out

@@ -7,6 +7,8 @@ Run directory (``log.dir/<run name>``):
   summary.json    final validation and test metrics, steps, time, throughput
   loss.png, accuracy.png
   checkpoints/    step_*.pt and the ``latest`` pointer
+  wandb/, wandb_id  the W&B run (offline without an API key) and its id, reused on resume
+  profile/        torch.profiler traces, when log.profile_steps > 0
 """
 
 import datetime
@@ -20,13 +22,15 @@ from hpc_dl.dist import preflight
 from hpc_dl.dist import strategy as strategies
 from hpc_dl.errors import JobError, UserError
 from hpc_dl.fileio import write_json, write_text
-from hpc_dl.telemetry import flops, manifest, peaks
-from hpc_dl.telemetry.metrics import MetricsFile, read
+from hpc_dl.telemetry import flops, manifest, peaks, profiler
+from hpc_dl.telemetry.metrics import MetricsFile, read, throughput
 from hpc_dl.telemetry.plots import plot_curves
 from hpc_dl.telemetry.progress import Progress
 from hpc_dl.telemetry.sampler import Sampler
+from hpc_dl.telemetry.wandb_run import WandbRun
 from hpc_dl.train import precision, rng
 from hpc_dl.train.checkpoint import CheckpointDir
+from hpc_dl.train.stop import EXIT_STOPPED, SignalStop, Stopped, requeue_self
 from hpc_dl.train.trainer import Trainer
 
 
@@ -54,6 +58,8 @@ def run_directory(cfg: config.Config, run_dir: str | None) -> Path:
 
 def _resume(trainer: Trainer, ckpts: CheckpointDir, resume: str | None) -> Path | None:
     """Load the checkpoint ``--resume`` asks for into the trainer; returns its path."""
+    if resume is None and os.environ.get("SLURM_RESTART_COUNT", "0") != "0":
+        resume = "auto"  # a requeued Slurm job continues where it stopped
     if resume is None:
         if ckpts.files():
             raise UserError(
@@ -84,13 +90,19 @@ def _flops_per_sample(cfg: config.Config, spec) -> float | None:
         return None
 
 
-def train(cfg: config.Config, run_dir: str | None = None, resume: str | None = None) -> dict | None:
-    """Run one training job; returns the summary on rank 0 and None on the other ranks."""
+def train(cfg: config.Config, run_dir: str | None = None, resume: str | None = None, on_step=None) -> dict | None:
+    """Run one training job; returns the summary on rank 0 and None on the other ranks.
+    ``on_step(step)`` is called after every optimizer step (benchmarks time steps with it)."""
     t0 = time.perf_counter()
-    strategy = strategies.build(cfg)
+    stop = SignalStop(cfg.train.stop_signals).__enter__()  # from the start: a signal during set-up is kept
+    try:
+        strategy = strategies.build(cfg)
+    except BaseException:
+        stop.__exit__()
+        raise
     group = strategy.group
     try:
-        return _train(cfg, strategy, run_dir, resume, t0)
+        return _train(cfg, strategy, run_dir, resume, t0, on_step or (lambda step: None), stop)
     except (UserError, JobError) as e:
         if group:
             group.report_failure(str(e))
@@ -104,9 +116,10 @@ def train(cfg: config.Config, run_dir: str | None = None, resume: str | None = N
         raise
     finally:
         strategy.close()
+        stop.__exit__()
 
 
-def _train(cfg: config.Config, strategy, run_dir: str | None, resume: str | None, t0: float) -> dict | None:
+def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, stop: SignalStop) -> dict | None:
     main = strategy.is_main
     if strategy.world_size > 1 and cfg.dist.preflight:
         report = preflight.run(strategy)
@@ -127,12 +140,16 @@ def _train(cfg: config.Config, strategy, run_dir: str | None, resume: str | None
     out = Path(strategy.gather_object(str(run_directory(cfg, run_dir)))[0])  # rank 0 names it for all
     ckpts = CheckpointDir(out / "checkpoints", cfg.checkpoint.keep_last)
     resumed = _resume(trainer, ckpts, resume)
+    progress = Progress(trainer.total_steps, trainer.step, cfg.log.progress, enabled=main)
+    dashboard = None
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        env = manifest.environment()
         write_text(out / "config.yaml", config.to_yaml(cfg))
-        write_json(out / "env.json", manifest.environment())
+        write_json(out / "env.json", env)
+        if cfg.log.wandb:
+            dashboard = WandbRun.start(cfg, out, env, say=progress.write)
     metrics = MetricsFile(out / "metrics.jsonl", resume_step=trainer.step) if main else None
-    progress = Progress(trainer.total_steps, trainer.step, cfg.log.progress, enabled=main)
     if resumed:
         progress.write(f"resumed from {resumed} at step {trainer.step}")
     progress.write(
@@ -143,12 +160,29 @@ def _train(cfg: config.Config, strategy, run_dir: str | None, resume: str | None
     if trainer.flops_per_sample:
         progress.write(f"model FLOPs per sample (forward + backward): {trainer.flops_per_sample / 1e9:.4g} GFLOP; "
                        f"MFU against {trainer.peak_tflops or '-'} TFLOP/s: {peak_source}")  # fmt: skip
-    trainer.observers = [progress.log] + ([metrics.write] if metrics else [])
+    trainer.observers = [progress.log] + ([metrics.write] if metrics else []) + ([dashboard.log] if dashboard else [])
     if cfg.log.utilisation:
         gpu = strategy.device.index if strategy.device.type == "cuda" else None
         trainer.sampler = Sampler(strategy.rank, gpu, cfg.log.sample_interval_s)
+    log = cfg.log
+    trace = profiler.window(log.profile_steps, log.profile_warmup, out / "profile", strategy.rank, strategy.device)
+    restart = os.environ.get("SLURM_RESTART_COUNT")
+    if restart and restart != "0":
+        progress.write(f"Slurm restart {restart} of job {os.environ.get('SLURM_JOB_ID')}")
     try:
-        results = trainer.fit(ckpts, on_step=progress.update)
+        trainer.stop = stop
+        with trace as profile_step:
+            results = trainer.fit(ckpts, on_step=lambda step: (progress.update(step), profile_step(), on_step(step)))
+    except Stopped as stopped:
+        if main:
+            progress.write(f"{stopped}; {requeue_self()}")
+        if dashboard:
+            dashboard.finish(None, [], exit_code=EXIT_STOPPED, say=progress.write, preempted=True)
+        raise
+    except BaseException:
+        if dashboard:
+            dashboard.finish(None, [], exit_code=1, say=progress.write)
+        raise
     finally:
         if trainer.sampler:
             trainer.sampler.close()
@@ -171,6 +205,7 @@ def _train(cfg: config.Config, strategy, run_dir: str | None, resume: str | None
         "global_batch_size": cfg.data.batch_size * cfg.train.grad_accum * strategy.world_size,
         "resumed_from": str(resumed) if resumed else None,
         "wall_time_s": round(time.perf_counter() - t0, 3),
+        "throughput": throughput(read(out / "metrics.jsonl")) if main else {},  # medians over log windows
         "val": {k: v for k, v in results["val"].items() if k not in ("split", "step")},
         "test": {k: v for k, v in results["test"].items() if k not in ("split", "step")},
         "checkpoint": str(ckpts.latest()),
@@ -181,6 +216,7 @@ def _train(cfg: config.Config, strategy, run_dir: str | None, resume: str | None
     if not main:
         return None  # only rank 0 reports
     write_json(out / "summary.json", summary)
-    if cfg.log.plots:
-        plot_curves(read(out / "metrics.jsonl"), out)
+    plots = plot_curves(read(out / "metrics.jsonl"), out) if cfg.log.plots else []
+    if dashboard:
+        dashboard.finish(summary, plots, say=print)
     return summary

@@ -22,6 +22,7 @@ from hpc_dl.telemetry.timing import StepTimer
 from hpc_dl.train import precision, rng
 from hpc_dl.train.checkpoint import CheckpointDir
 from hpc_dl.train.optim import build_optimizer, build_scheduler
+from hpc_dl.train.stop import SignalStop, Stopped
 
 
 def _binary_loss(logits, y, reduction="mean"):
@@ -82,6 +83,7 @@ class Trainer:
         self.peak_tflops: float | None = None
         self.achievable_tflops: float | None = cfg.log.achievable_tflops
         self.sampler = None  # telemetry.sampler.Sampler, when utilisation is sampled
+        self.stop: SignalStop | None = None  # checkpoint and stop when a rank is signalled
 
     # ----------------------------------------------------------------- loop
     def fit(self, checkpoints: CheckpointDir | None = None, on_step: Callable[[int], None] = lambda s: None) -> dict:
@@ -112,9 +114,17 @@ class Trainer:
                 self._emit(self.evaluate("val"))
                 self.model.train()
                 window.restart_clock()  # throughput counts training only
-            if checkpoints and self.cfg.checkpoint.every and self.step % self.cfg.checkpoint.every == 0 and not last:
+            saved = checkpoints and self.cfg.checkpoint.every and self.step % self.cfg.checkpoint.every == 0
+            if saved and not last:
                 self.save(checkpoints)
                 window.restart_clock()
+            if self.stop and not last and self.stop.agreed(self.strategy):  # pre-empted: checkpoint, then go
+                if self.step % log_every:
+                    self._emit(window.record(lr))
+                if checkpoints and not saved:
+                    self.save(checkpoints)
+                latest = checkpoints.latest() if checkpoints else None
+                raise Stopped(self.step, self.stop.received or "(another rank's signal)", str(latest))
             self.timer.mark("other")
         results = {split: self.evaluate(split) for split in ("val", "test")}
         for record in results.values():

@@ -27,7 +27,10 @@ def _summary(run_dir):
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "run"
-    proc = torchrun("train", *RUN, "dist.strategy=ddp", "data.batch_size=8", "train.grad_accum=2", "--run-dir", out)
+    proc = torchrun(
+        "train", *RUN, "dist.strategy=ddp", "data.batch_size=8", "train.grad_accum=2", "log.profile_steps=2",
+        "log.profile_warmup=3", "--run-dir", out, env={"WANDB_MODE": "offline"},
+    )  # fmt: skip
     return out, proc
 
 
@@ -99,3 +102,25 @@ def test_step_time_breakdown_and_every_ranks_host_metrics(ddp_run):
         assert all(x["rss_gib"] > 0 and x["cpu_percent"] >= 0 for x in r["ranks"])
         assert r["cpu_percent_min"] <= r["cpu_percent_max"]
     assert proc.stderr.count("GPU utilisation: not available") == 1  # once, from rank 0
+
+
+def test_one_wandb_run_per_job_with_every_ranks_metrics(ddp_run):
+    from tests.telemetry.test_wandb import inspect
+
+    out, _ = ddp_run
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 1  # rank 0 only
+    logged = [r["history"]["item"] for r in inspect(out, summary=False) if r["type"] == "history"]
+    train = [h for h in logged if "train/loss" in h]
+    assert len(train) == 8 and all(h["ranks/0/rss_gib"] > 0 and h["ranks/1/rss_gib"] > 0 for h in train)
+
+
+def test_profiler_writes_one_trace_per_rank(ddp_run):
+    out, _ = ddp_run
+    for rank in (0, 1):
+        (trace,) = (out / "profile").glob(f"rank{rank}.*.pt.trace.json")
+        events = json.loads(trace.read_text())["traceEvents"]
+        names = {e.get("name") for e in events}
+        # steps 4 and 5 after 3 warm-up steps; the profiler counts from 0
+        assert {"ProfilerStep#3", "ProfilerStep#4"} <= names and "ProfilerStep#2" not in names
+        assert any(n and n.startswith("aten::addmm") for n in names)  # the MLP's matmuls
+        assert "Self CPU" in (out / "profile" / f"rank{rank}_ops.txt").read_text()

@@ -1,0 +1,94 @@
+"""What hpc_dl's telemetry costs: the same training with telemetry on and off, alternating, in one process.
+
+  on:  a metrics record every 10 steps (one device sync, breakdown, MFU), the utilisation
+       sampler thread (psutil, plus NVML on GPUs), W&B offline
+  off: one record at the end, no sampler, no W&B
+
+The step timer's marks stay in both (they are CUDA events on GPUs, read only at log
+time). Each run is timed from the end of its warm-up steps to its last step through
+``train(on_step=...)``, so start-up, evaluation and checkpointing are not counted; one
+untimed run first absorbs the process's own warm-up (imports, allocator, caches).
+Pairs alternate their order (on-off, off-on, ...) so drift on a shared machine hits
+both sides; the result is the median of the per-pair ratios.
+
+  python benchmarks/telemetry_overhead.py                      # CPU: CIFAR ResNet-20, synthetic data
+  python benchmarks/telemetry_overhead.py --pairs 10 --out benchmarks/results/telemetry_overhead_cpu.json
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hpc_dl import config
+from hpc_dl.telemetry import manifest
+from hpc_dl.train.run import train
+
+BASE = ["data.name=synthetic_images", "data.on_device=true", "model.name=resnet20", "train.eval_every=0",
+        "checkpoint.every=0", "log.plots=false", "log.progress=off", "optim.warmup_steps=0"]  # fmt: skip
+MODES = {
+    "on": ["log.every=10", "log.utilisation=true", "log.wandb=true", "log.sample_interval_s=1"],
+    "off": ["log.every=1000000", "log.utilisation=false", "log.wandb=false"],
+}
+
+
+def timed_run(mode: str, args, workdir: Path, index: int) -> float:
+    """Seconds per optimizer step after the warm-up steps."""
+    cfg = config.load(None, BASE + MODES[mode] + [f"train.steps={args.steps}", f"data.batch_size={args.batch}"])
+    stamps = {}
+    stamp = lambda step: stamps.setdefault(step, time.perf_counter())  # noqa: E731
+    train(cfg, run_dir=str(workdir / f"{index:03d}-{mode}"), on_step=stamp)
+    return (stamps[args.steps] - stamps[args.warmup]) / (args.steps - args.warmup)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    args = parser.parse_args()
+    os.environ["WANDB_MODE"] = "offline"  # never online from a benchmark; 'on' includes W&B's cost
+    pairs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        timed_run("off", args, Path(tmp), 999)  # first run in the process: imports, allocator, caches
+        for i in range(args.pairs):
+            order = ("on", "off") if i % 2 == 0 else ("off", "on")
+            times = {mode: timed_run(mode, args, Path(tmp), 2 * i + j) for j, mode in enumerate(order)}
+            pairs.append(times)
+            print(f"pair {i + 1}/{args.pairs}: on {times['on'] * 1e3:.2f} ms/step, off {times['off'] * 1e3:.2f} "
+                  f"ms/step, ratio {times['on'] / times['off']:.4f}", file=sys.stderr, flush=True)  # fmt: skip
+    ratios = [p["on"] / p["off"] for p in pairs]
+    result = {
+        "benchmark": "telemetry_overhead",
+        "what": "step time with telemetry on / off (median of alternating pairs); target < 1.01",
+        "setup": {
+            "base": BASE,
+            "modes": MODES,
+            "steps": args.steps,
+            "warmup_steps": args.warmup,
+            "batch_size": args.batch,
+            "pairs": args.pairs,
+        },  # fmt: skip
+        "median_ratio": statistics.median(ratios),
+        "overhead_percent": (statistics.median(ratios) - 1) * 100,
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "median_step_ms": {m: statistics.median(p[m] for p in pairs) * 1e3 for m in ("on", "off")},
+        "pairs_ms": [{m: p[m] * 1e3 for m in ("on", "off")} for p in pairs],
+        "manifest": manifest.environment(),
+    }
+    print(json.dumps({k: v for k, v in result.items() if k not in ("pairs_ms", "manifest", "setup")}, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Weights & Biases: one run per job, created on rank 0, offline unless an API key is configured.
+
+Compute nodes often have no internet, so without a key (or with ``WANDB_MODE=offline``)
+the run is written under ``<run dir>/wandb/offline-run-*`` and uploaded later with
+``wandb sync``. A requeued job resumes the same W&B run: its id is kept in the run
+directory. W&B is a view, never the record: everything logged here is also in
+metrics.jsonl, and a W&B failure never stops training.
+"""
+
+import netrc
+import os
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+from hpc_dl.config import Config, to_dict
+from hpc_dl.fileio import write_text
+
+STEP = "step"
+SECTIONS = ("train", "val", "test", "ranks")  # metric name prefixes, all plotted against the optimizer step
+
+
+def _has_api_key() -> bool:
+    """An API key in the environment or in ~/.netrc (where `wandb login` puts it); never read it."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def choose_mode(wanted: str) -> tuple[str, str]:
+    """(mode, why): WANDB_MODE wins, then log.wandb_mode; 'auto' is online only with an API key."""
+    env = os.environ.get("WANDB_MODE")
+    if env:
+        return ("offline" if env == "dryrun" else env), f"WANDB_MODE={env}"
+    if wanted != "auto":
+        return wanted, f"log.wandb_mode={wanted}"
+    if _has_api_key():
+        return "online", "an API key is configured"
+    return "offline", "no API key configured"
+
+
+def flatten(record: dict) -> dict:
+    """A metrics.jsonl record as W&B keys: <split>/<name>, and ranks/<rank>/<name> per rank."""
+    split = record["split"]
+    flat = {STEP: record["step"]}
+    for key, value in record.items():
+        if key == "ranks":
+            for r in value:
+                flat.update({f"ranks/{r['rank']}/{k}": v for k, v in r.items() if _number(v) and k != "rank"})
+        elif key not in ("split", "step") and _number(value):
+            flat[f"{split}/{key}"] = value
+    return flat
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class WandbRun:
+    """Rank 0's W&B run. ``start`` returns None when W&B is off or could not start."""
+
+    def __init__(self, run, mode: str):
+        self.run, self.mode = run, mode
+
+    @classmethod
+    def start(cls, cfg: Config, out: Path, manifest: dict, say=print) -> "WandbRun | None":
+        log = cfg.log
+        mode, why = choose_mode(log.wandb_mode)
+        if mode == "disabled":
+            say(f"W&B: disabled ({why})")
+            return None
+        try:
+            import wandb
+        except ImportError:
+            say("W&B: the wandb package is not installed (pip install wandb); metrics go to metrics.jsonl only")
+            return None
+        id_file = out / "wandb_id"
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+        write_text(id_file, run_id + "\n")
+        slurm = manifest.get("slurm", {})
+        run_config = {
+            **to_dict(cfg),
+            "slurm": {
+                "job_id": slurm.get("SLURM_JOB_ID"),
+                "array_job_id": slurm.get("SLURM_ARRAY_JOB_ID"),
+                "array_task_id": slurm.get("SLURM_ARRAY_TASK_ID"),
+                "restart_count": int(slurm.get("SLURM_RESTART_COUNT", 0)),
+                "nodelist": slurm.get("SLURM_JOB_NODELIST"),
+                "nnodes": slurm.get("SLURM_NNODES"),
+            },
+            "git": manifest.get("git"),
+            "environment": manifest,
+        }
+        kwargs = dict(
+            project=log.wandb_project, entity=log.wandb_entity, group=log.wandb_group, job_type=log.wandb_job_type,
+            name=out.name, tags=list(log.wandb_tags) or None, notes=log.wandb_notes, dir=str(out), id=run_id,
+            resume="allow", config=run_config,
+        )  # fmt: skip
+        try:
+            run = cls._init(wandb, mode, kwargs)
+        except Exception as e:  # noqa: BLE001 - no network, bad entity, ...: the run goes on
+            if mode != "online":
+                say(f"W&B: could not start ({type(e).__name__}: {e}); metrics go to metrics.jsonl only")
+                return None
+            say(f"W&B: online start failed ({type(e).__name__}: {e}); logging offline instead")
+            mode = "offline"
+            try:
+                run = cls._init(wandb, mode, kwargs)
+            except Exception as e2:  # noqa: BLE001
+                say(f"W&B: could not start offline either ({type(e2).__name__}: {e2})")
+                return None
+        run.define_metric(STEP)
+        for section in SECTIONS:
+            run.define_metric(f"{section}/*", step_metric=STEP)
+        say(f"W&B: {mode} run {run.id} ({why})" + (f", {run.url}" if mode == "online" and run.url else ""))
+        return cls(run, mode)
+
+    @staticmethod
+    def _init(wandb, mode: str, kwargs: dict):
+        # console="off": progress lines stay ours (Slurm logs); W&B still samples system metrics.
+        settings = wandb.Settings(mode=mode, console="off", init_timeout=60, silent=True)
+        return wandb.init(settings=settings, **kwargs)
+
+    def log(self, record: dict) -> None:
+        self.run.log(flatten(record))
+
+    def finish(self, summary: dict | None, images: list[Path], exit_code: int = 0, say=print, preempted=False) -> None:
+        """Summary values and the curve plots, then close the run (exit_code != 0 marks it failed;
+        ``preempted``: it will resume, as the same W&B run)."""
+        import wandb
+
+        try:
+            if preempted:
+                self.run.mark_preempting()
+            if summary:
+                final = {f"final/{k}": v for k, v in summary.get("throughput", {}).items() if v is not None}
+                for split in ("val", "test"):
+                    final.update({f"final/{split}_{k}": v for k, v in summary.get(split, {}).items() if _number(v)})
+                final["final/steps"] = summary["steps"]
+                final["final/wall_time_s"] = summary["wall_time_s"]
+                self.run.summary.update(final)
+            media = {f"curves/{p.stem}": wandb.Image(str(p)) for p in images if p.exists()}
+            if media:
+                self.run.log(media)
+            run_dir = Path(self.run.dir).parent  # .../wandb/<offline-run-...>/files
+        finally:
+            self.run.finish(exit_code=exit_code)
+        if self.mode == "offline":
+            say(f"W&B: offline run in {run_dir}; upload it with: wandb sync {run_dir}")

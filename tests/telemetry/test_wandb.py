@@ -1,0 +1,129 @@
+"""W&B: the offline run of a job is read back from its own files with the wandb CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import yaml
+
+from hpc_dl.telemetry import wandb_run
+from hpc_dl.telemetry.metrics import read
+from tests.conftest import CONFIGS
+
+WANDB = Path(sys.executable).parent / "wandb"
+
+
+def inspect(run_dir: Path, summary: bool, which: int = -1) -> dict | list[dict]:
+    """`wandb leet inspect --json`: a run's records (or its summary) from its .wandb log, no network."""
+    offline = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert offline, f"no offline W&B run under {run_dir}"
+    args = [str(WANDB), "leet", "inspect", "--json", *(["--summary"] if summary else []), str(offline[which])]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True).stdout
+    return json.loads(out) if summary else [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_offline_run_has_config_slurm_ids_and_summary(default_run):
+    run_dir, proc = default_run
+    run = inspect(run_dir, summary=True)
+    assert run["state"] == "finished" and run["exit_code"] == 0
+    assert run["project"] == "hpc_dl" and run["name"] == run_dir.name
+    assert run["run_id"] == (run_dir / "wandb_id").read_text().strip()
+
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    for section in ("model", "data", "optim", "train", "checkpoint", "log", "dist"):
+        assert run["config"][section] == resolved[section], section
+    assert run["config"]["slurm"]["job_id"] == "4242" and run["config"]["slurm"]["restart_count"] == 0
+    env = json.loads((run_dir / "env.json").read_text())
+    assert run["config"]["git"] == env["git"] and run["config"]["environment"]["torch"] == env["torch"]
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert run["summary"]["final/test_accuracy"] == summary["test"]["accuracy"]
+    assert run["summary"]["final/val_loss"] == summary["val"]["loss"]
+    assert run["summary"]["final/samples_per_s"] == summary["throughput"]["samples_per_s"] > 0
+    assert run["summary"]["final/steps"] == summary["steps"] == 152
+    assert "wandb sync" in proc.stdout  # how to upload it later
+
+
+def test_offline_run_history_equals_metrics_file(default_run):
+    run_dir, _ = default_run
+    records = inspect(run_dir, summary=False)
+    history = [r["history"]["item"] for r in records if r["type"] == "history"]
+    local = read(run_dir / "metrics.jsonl")
+    train = [r for r in local if r["split"] == "train"]
+    logged = [h for h in history if "train/loss" in h]
+    assert [h["step"] for h in logged] == [r["step"] for r in train]
+    assert [h["train/loss"] for h in logged] == [r["loss"] for r in train]
+    assert [h["train/data_s"] for h in logged] == [r["data_s"] for r in train]
+    assert all(h["ranks/0/rss_gib"] > 0 for h in logged)  # per-rank host metrics
+    test = [h for h in history if "test/accuracy" in h]
+    assert len(test) == 1 and test[0]["test/accuracy"] == local[-1]["accuracy"]
+
+    axes = {r["metric"].get("glob_name"): r["metric"].get("step_metric") for r in records if r["type"] == "metric"}
+    assert axes["train/*"] == axes["val/*"] == axes["ranks/*"] == "step"
+
+
+def test_offline_run_has_the_curves_as_images(default_run):
+    run_dir, _ = default_run
+    summary = inspect(run_dir, summary=True)["summary"]
+    for name in ("curves/loss", "curves/accuracy"):
+        image = summary[name]
+        assert image["_type"] == "image-file"
+        path = next((run_dir / "wandb").glob("offline-run-*")) / "files" / image["path"]
+        assert matplotlib.image.imread(path).shape[:2] == (image["height"], image["width"])
+
+
+def test_wandb_off_writes_nothing(cli, tmp_path):
+    out = cli(
+        "train", CONFIGS / "breast_cancer_mlp.yaml", "train.steps=20", "log.plots=false", "log.wandb=false",
+        "--run-dir", tmp_path / "r", env={"WANDB_MODE": ""},
+    ).stdout  # fmt: skip
+    assert not (tmp_path / "r" / "wandb").exists() and not (tmp_path / "r" / "wandb_id").exists()
+    assert "W&B" not in out
+
+
+def test_resumed_job_continues_the_same_wandb_run(cli, tmp_path):
+    args = [CONFIGS / "breast_cancer_mlp.yaml", "log.every=5", "log.plots=false"]
+    env = {"WANDB_MODE": "offline", "SLURM_JOB_ID": "99", "SLURM_RESTART_COUNT": "0"}
+    cli("train", *args, "train.steps=15", "--run-dir", tmp_path / "r", env=env)
+    restart = {**env, "SLURM_RESTART_COUNT": "1"}
+    cli("train", *args, "train.steps=30", "--run-dir", tmp_path / "r", "--resume", "auto", env=restart)
+    assert len(list((tmp_path / "r" / "wandb").glob("offline-run-*"))) == 2
+    first, second = (inspect(tmp_path / "r", summary=True, which=i) for i in (0, 1))
+    assert first["run_id"] == second["run_id"]
+    assert second["config"]["slurm"]["restart_count"] == 1
+    assert second["summary"]["final/steps"] == 30
+
+
+@pytest.mark.parametrize(
+    ("env", "netrc", "wanted", "expected"),
+    [
+        ({}, None, "auto", "offline"),
+        ({"WANDB_API_KEY": "k"}, None, "auto", "online"),
+        ({}, "machine api.wandb.ai\n  login user\n  password k\n", "auto", "online"),
+        ({}, "machine example.org\n  login user\n  password k\n", "auto", "offline"),
+        ({"WANDB_API_KEY": "k", "WANDB_MODE": "offline"}, None, "auto", "offline"),
+        ({"WANDB_MODE": "disabled"}, None, "online", "disabled"),
+        ({"WANDB_API_KEY": "k"}, None, "offline", "offline"),
+    ],
+)
+def test_mode_choice(monkeypatch, tmp_path, env, netrc, wanted, expected):
+    for key in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    path = tmp_path / "netrc"
+    if netrc:
+        path.write_text(netrc)
+        path.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(path))
+    assert wandb_run.choose_mode(wanted)[0] == expected
+
+
+def test_flatten_names_metrics_by_split_and_rank():
+    ranks = [{"rank": 0, "host": "a", "gpu_util": 90.0}, {"rank": 1, "host": "b", "gpu_util": 40.0}]
+    record = {"split": "train", "step": 7, "loss": 0.5, "note": "x", "flag": True, "ranks": ranks}
+    expected = {"step": 7, "train/loss": 0.5, "ranks/0/gpu_util": 90.0, "ranks/1/gpu_util": 40.0}
+    assert wandb_run.flatten(record) == expected
