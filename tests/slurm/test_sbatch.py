@@ -1,0 +1,86 @@
+"""slurm/train.sbatch and pre-emption on a real two-node Slurm cluster (tests/slurm/cluster.py)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import CONFIGS, ROOT
+from tests.slurm.jobs import job_field, release, sbatch, wait_for, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+TEMPLATE = ROOT / "slurm" / "train.sbatch"
+# The test nodes have 2 CPUs and no GPUs: these override the template's H100 defaults.
+SMALL = ["--gpus-per-node=0", "--cpus-per-task=1", "--time=15"]
+MLP = [CONFIGS / "breast_cancer_mlp.yaml", "log.plots=false", "train.eval_every=0", "dist.strategy=ddp"]
+
+
+def _records(run_dir):
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
+def test_two_node_ddp_through_the_template(slurm, tmp_path):
+    job = sbatch("--nodes=2", *SMALL, TEMPLATE, *MLP, "train.steps=60", "log.every=20", f"log.dir={tmp_path}/runs",
+                 cwd=tmp_path, env={"PROJECT": str(ROOT)})  # fmt: skip
+    log = tmp_path / f"slurm-hpc_dl-{job}.out"
+    assert wait_for(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, log=log) == "COMPLETED", log.read_text()
+    run_dir = tmp_path / "runs" / f"breast_cancer-mlp-job{job}"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 60 and summary["strategy"] == "ddp"
+    hosts = {r["host"] for r in _records(run_dir)[-3]["ranks"]}
+    assert hosts == {"hpcdl-n1", "hpcdl-n2"}  # one rank on each node
+    text = log.read_text()
+    assert f"rendezvous hpcdl-n1:{20000 + int(job) % 20000}" in text and "training finished with status 0" in text
+
+
+def test_preempted_job_checkpoints_requeues_and_finishes(slurm, tmp_path):
+    env = {"PROJECT": str(ROOT), "WANDB_MODE": "offline"}
+    job = sbatch("--nodes=2", *SMALL, TEMPLATE, *MLP, "train.steps=3000", "log.every=25", f"log.dir={tmp_path}/runs",
+                 cwd=tmp_path, env=env)  # fmt: skip
+    log = tmp_path / f"slurm-hpc_dl-{job}.out"
+    run_dir = tmp_path / "runs" / f"breast_cancer-mlp-job{job}"
+    wait_until(lambda: (run_dir / "metrics.jsonl").exists() and _records(run_dir), what="the first metrics record")
+    # What Slurm does before the time limit (--signal=B:USR1@180), sent now instead of waiting.
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=30)
+    wait_for(job, {"PENDING", "REQUEUED"}, timeout=180, log=log)
+    release(job)
+    assert wait_for(job, {"COMPLETED", "FAILED", "CANCELLED"}, log=log) == "COMPLETED", log.read_text()
+
+    text = log.read_text()
+    assert "caught SIGUSR1" in text and f"requeueing {job} (restart 1)" in text
+    assert "Slurm restart 1" in text and "training finished with status 0" in text
+    assert job_field(job, "Restarts") == "1"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 3000 and summary["resumed_from"]  # the same step count as an uninterrupted run
+    stopped_at = int(summary["resumed_from"].rsplit("_", 1)[1].split(".")[0])
+    assert 0 < stopped_at < 3000
+    steps = [r["step"] for r in _records(run_dir) if r["split"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 3000
+
+    # W&B: one run, resumed (the same id twice), the restart count in its config
+    from tests.telemetry.test_wandb import inspect
+
+    first, second = (inspect(run_dir, summary=True, which=i) for i in (0, 1))
+    assert first["run_id"] == second["run_id"] and second["config"]["slurm"]["restart_count"] == 1
+
+
+def test_array_task_requeues_itself_with_scontrol(slurm, tmp_path):
+    """Without the template: the trainer requeues its own job, and only its own array task."""
+    python = f"{ROOT}/.venv/bin/python" if (ROOT / ".venv").exists() else sys.executable
+    args = " ".join(str(a) for a in MLP[:-1])
+    wrap = (f"srun --ntasks=1 {python} -m hpc_dl train {args} train.steps=3000 log.every=25 "
+            f"log.dir={tmp_path}/runs")  # fmt: skip
+    job = sbatch("--array=0-1", "--nodes=1", "--requeue", "--open-mode=append", "--output=slurm-%A_%a.out",
+                 "--wrap", wrap, cwd=tmp_path, env={"PYTHONUNBUFFERED": "1"})  # fmt: skip
+    runs = {t: tmp_path / "runs" / f"breast_cancer-mlp-job{job}_{t}" for t in (0, 1)}
+    wait_until(lambda: (runs[1] / "metrics.jsonl").exists() and _records(runs[1]), what="task 1 training")
+    subprocess.run(["scancel", "--signal=USR1", f"{job}_1"], check=True, timeout=30)  # the job steps only
+    wait_for(f"{job}_1", {"PENDING", "REQUEUED"}, timeout=180, log=tmp_path / f"slurm-{job}_1.out")
+    release(f"{job}_1")
+    for t in (0, 1):
+        wait_for(f"{job}_{t}", {"COMPLETED"}, log=tmp_path / f"slurm-{job}_{t}.out")
+        assert json.loads((runs[t] / "summary.json").read_text())["steps"] == 3000
+    assert job_field(f"{job}_0", "Restarts") == "0" and job_field(f"{job}_1", "Restarts") == "1"
+    assert f"requeued Slurm job {job}_1" in (tmp_path / f"slurm-{job}_1.out").read_text()
