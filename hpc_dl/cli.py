@@ -55,6 +55,29 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_submit(args) -> int:
+    from hpc_dl.launch.submit import submit
+
+    path, overrides = _split_config(args)
+    flags = {k: getattr(args, k) for k in SUBMIT_FLAGS}
+    return submit(path, overrides, flags, args.run_dir, local=args.local, dry_run=args.dry_run, wait=args.wait)
+
+
+SUBMIT_FLAGS = {
+    "nodes": (int, "nodes"),
+    "gpus_per_node": (int, "GPUs per node (0: a CPU partition)"),
+    "tasks_per_node": (int, "processes per node (default: one per GPU, or 1)"),
+    "cpus_per_task": (int, "CPUs per process"),
+    "mem_gb": (float, "memory per node in GB"),
+    "time_min": (int, "time limit in minutes"),
+    "partition": (str, "partition"),
+    "account": (str, "account"),
+    "qos": (str, "QOS"),
+    "constraint": (str, "node features, e.g. h100"),
+    "folder": (str, "submitit's log folder (%%j: job id)"),
+}  # fmt: skip
+
+
 def cmd_config(args) -> int:
     from hpc_dl import config
 
@@ -188,6 +211,21 @@ def parser() -> argparse.ArgumentParser:
         "PATH: a checkpoint file or a run directory",
     )
     t.set_defaults(func=cmd_train)
+
+    sb = sub.add_parser(
+        "submit",
+        help="submit training to Slurm with submitit",
+        description="Submit the training as a Slurm job (submitit). Resources come from the config's slurm "
+        "section; these flags win over it.",
+    )
+    _add_config_args(sb)
+    for name, (kind, text) in SUBMIT_FLAGS.items():
+        sb.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=f"{text} (slurm.{name})")
+    sb.add_argument("--run-dir", help="run directory (default: log.dir/<data>-<model>-job<id>)")
+    sb.add_argument("--wait", action="store_true", help="follow the job's log; exit with its status")
+    sb.add_argument("--dry-run", action="store_true", help="print the sbatch script instead of submitting")
+    sb.add_argument("--local", action="store_true", help="run through submitit's local executor (no Slurm)")
+    sb.set_defaults(func=cmd_submit)
 
     c = sub.add_parser("config", help="print the resolved config", description="Validate and print a config.")
     _add_config_args(c)

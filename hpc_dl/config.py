@@ -285,6 +285,25 @@ class DistConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """Resources for `hpc-dl submit` (submitit); the --flags of that command win."""
+
+    nodes: int = _opt(1, "nodes", ge=1)
+    gpus_per_node: int = _opt(0, "GPUs per node; 0 on a CPU partition", ge=0)
+    tasks_per_node: int | None = _opt(None, "processes per node; null: one per GPU, or 1 without GPUs", ge=1)
+    cpus_per_task: int = _opt(8, "CPUs per process (data-loading workers and threads)", ge=1)
+    mem_gb: float | None = _opt(None, "memory per node in GB; null: the partition's default", gt=0)
+    time_min: int = _opt(60, "time limit in minutes", ge=1)
+    partition: str | None = _opt(None, "partition")
+    account: str | None = _opt(None, "account (project) charged")
+    qos: str | None = _opt(None, "quality of service")
+    constraint: str | None = _opt(None, "node features, e.g. h100")
+    signal_delay_s: int = _opt(120, "seconds before the time limit that the job is warned, to checkpoint", ge=0)
+    max_restarts: int = _opt(20, "requeues after pre-emption or the time limit", ge=0)
+    folder: str = _opt("slurm_logs/%j", "submitit's folder for logs and job pickles (%j: the job id)")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=CNNConfig)
     data: DataConfig = field(default_factory=DigitsConfig)
@@ -293,6 +312,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 
 # ------------------------------------------------------------------- loading

@@ -133,7 +133,8 @@ def check(world: World, env=None) -> None:
 
 def _store(world: World, timeout: datetime.timedelta) -> dist.Store:
     # torchrun's agent already serves a store at MASTER_ADDR:MASTER_PORT; otherwise rank 0 hosts it.
-    host = world.launcher != "torchrun" and world.rank == 0
+    agent = world.launcher == "torchrun" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "False"
+    host = not agent and world.rank == 0
     store = dist.TCPStore(world.master_addr, world.master_port, world.world_size, host, timeout=timeout,
                           wait_for_workers=False)  # fmt: skip
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # keys of an earlier attempt are stale

@@ -1,6 +1,7 @@
 """slurm/train.sbatch and pre-emption on a real two-node Slurm cluster (tests/slurm/cluster.py)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -84,3 +85,18 @@ def test_array_task_requeues_itself_with_scontrol(slurm, tmp_path):
         assert json.loads((runs[t] / "summary.json").read_text())["steps"] == 3000
     assert job_field(f"{job}_0", "Restarts") == "0" and job_field(f"{job}_1", "Restarts") == "1"
     assert f"requeued Slurm job {job}_1" in (tmp_path / f"slurm-{job}_1.out").read_text()
+
+
+def test_strong_scaling_sweep_submits_one_job_per_point(slurm, tmp_path):
+    env = {**os.environ, "PROJECT": str(ROOT), "GPUS_PER_NODE": "0", "SBATCH_ARGS": "--cpus-per-task=1 --time=15",
+           "SWEEP": "sweep1", "GLOBAL_BATCH": "32"}  # fmt: skip
+    cmd = [ROOT / "slurm" / "scaling.sh", "strong", "1 2", *MLP, "train.steps=20", f"log.dir={tmp_path}/runs"]
+    out = subprocess.run(list(map(str, cmd)), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    jobs = dict(line.split() for line in out.stdout.splitlines() if not line.startswith("#"))
+    assert set(jobs) == {"1", "2"}
+    for nodes, job in jobs.items():
+        log = tmp_path / f"slurm-sweep1-n{nodes}-{job}.out"
+        assert wait_for(job, {"COMPLETED", "FAILED", "CANCELLED"}, log=log) == "COMPLETED", log.read_text()
+        summary = json.loads((tmp_path / "runs" / f"sweep1-n{nodes}" / "summary.json").read_text())
+        assert summary["world_size"] == int(nodes) and summary["global_batch_size"] == 32  # strong: fixed global batch
