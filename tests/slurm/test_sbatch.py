@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
@@ -45,7 +44,7 @@ def test_preempted_job_checkpoints_requeues_and_finishes(slurm, tmp_path):
     wait_until(lambda: (run_dir / "metrics.jsonl").exists() and _records(run_dir), what="the first metrics record")
     # What Slurm does before the time limit (--signal=B:USR1@180), sent now instead of waiting.
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=30)
-    wait_for(job, {"PENDING", "REQUEUED"}, timeout=180, log=log)
+    wait_for(job, {"PENDING"}, timeout=180, log=log)
     release(job)
     assert wait_for(job, {"COMPLETED", "FAILED", "CANCELLED"}, log=log) == "COMPLETED", log.read_text()
 
@@ -67,24 +66,20 @@ def test_preempted_job_checkpoints_requeues_and_finishes(slurm, tmp_path):
     assert first["run_id"] == second["run_id"] and second["config"]["slurm"]["restart_count"] == 1
 
 
-def test_array_task_requeues_itself_with_scontrol(slurm, tmp_path):
-    """Without the template: the trainer requeues its own job, and only its own array task."""
-    python = f"{ROOT}/.venv/bin/python" if (ROOT / ".venv").exists() else sys.executable
-    args = " ".join(str(a) for a in MLP[:-1])
-    wrap = (f"srun --ntasks=1 {python} -m hpc_dl train {args} train.steps=3000 log.every=25 "
-            f"log.dir={tmp_path}/runs")  # fmt: skip
-    job = sbatch("--array=0-1", "--nodes=1", "--requeue", "--open-mode=append", "--output=slurm-%A_%a.out",
-                 "--wrap", wrap, cwd=tmp_path, env={"PYTHONUNBUFFERED": "1"})  # fmt: skip
+def test_array_task_requeues_only_itself(slurm, tmp_path):
+    out = ["--output=slurm-%A_%a.out", "--error=slurm-%A_%a.out"]
+    job = sbatch("--array=0-1", "--nodes=1", *SMALL, *out, TEMPLATE, *MLP[:-1], "train.steps=3000", "log.every=25",
+                 f"log.dir={tmp_path}/runs", cwd=tmp_path, env={"PROJECT": str(ROOT)})  # fmt: skip
     runs = {t: tmp_path / "runs" / f"breast_cancer-mlp-job{job}_{t}" for t in (0, 1)}
     wait_until(lambda: (runs[1] / "metrics.jsonl").exists() and _records(runs[1]), what="task 1 training")
-    subprocess.run(["scancel", "--signal=USR1", f"{job}_1"], check=True, timeout=30)  # the job steps only
-    wait_for(f"{job}_1", {"PENDING", "REQUEUED"}, timeout=180, log=tmp_path / f"slurm-{job}_1.out")
+    subprocess.run(["scancel", "--batch", "--signal=USR1", f"{job}_1"], check=True, timeout=30)
+    wait_for(f"{job}_1", {"PENDING"}, timeout=180, log=tmp_path / f"slurm-{job}_1.out")
     release(f"{job}_1")
     for t in (0, 1):
         wait_for(f"{job}_{t}", {"COMPLETED"}, log=tmp_path / f"slurm-{job}_{t}.out")
         assert json.loads((runs[t] / "summary.json").read_text())["steps"] == 3000
     assert job_field(f"{job}_0", "Restarts") == "0" and job_field(f"{job}_1", "Restarts") == "1"
-    assert f"requeued Slurm job {job}_1" in (tmp_path / f"slurm-{job}_1.out").read_text()
+    assert f"requeueing {job}_1 (restart 1)" in (tmp_path / f"slurm-{job}_1.out").read_text()
 
 
 def test_strong_scaling_sweep_submits_one_job_per_point(slurm, tmp_path):
