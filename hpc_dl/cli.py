@@ -59,23 +59,23 @@ def cmd_submit(args) -> int:
     from hpc_dl.launch.submit import submit
 
     path, overrides = _split_config(args)
-    flags = {k: getattr(args, k) for k in SUBMIT_FLAGS}
+    flags = {k: getattr(args, k) for k in _slurm_flags()}
     return submit(path, overrides, flags, args.run_dir, local=args.local, dry_run=args.dry_run, wait=args.wait)
 
 
-SUBMIT_FLAGS = {
-    "nodes": (int, "nodes"),
-    "gpus_per_node": (int, "GPUs per node (0: a CPU partition)"),
-    "tasks_per_node": (int, "processes per node (default: one per GPU, or 1)"),
-    "cpus_per_task": (int, "CPUs per process"),
-    "mem_gb": (float, "memory per node in GB"),
-    "time_min": (int, "time limit in minutes"),
-    "partition": (str, "partition"),
-    "account": (str, "account"),
-    "qos": (str, "QOS"),
-    "constraint": (str, "node features, e.g. h100"),
-    "folder": (str, "submitit's log folder (%%j: job id)"),
-}  # fmt: skip
+def _slurm_flags() -> dict:
+    """One --flag per field of the config's slurm section: {name: (type, help)}."""
+    import dataclasses
+    import typing
+
+    from hpc_dl.config import SlurmConfig
+
+    hints = typing.get_type_hints(SlurmConfig)
+    return {
+        f.name: (next(t for t in (int, float, str) if t in (hints[f.name], *typing.get_args(hints[f.name]))),
+                 f.metadata["help"].replace("%", "%%"))
+        for f in dataclasses.fields(SlurmConfig)
+    }  # fmt: skip
 
 
 def cmd_config(args) -> int:
@@ -219,7 +219,7 @@ def parser() -> argparse.ArgumentParser:
         "section; these flags win over it.",
     )
     _add_config_args(sb)
-    for name, (kind, text) in SUBMIT_FLAGS.items():
+    for name, (kind, text) in _slurm_flags().items():
         sb.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=f"{text} (slurm.{name})")
     sb.add_argument("--run-dir", help="run directory (default: log.dir/<data>-<model>-job<id>)")
     sb.add_argument("--wait", action="store_true", help="follow the job's log; exit with its status")

@@ -75,35 +75,24 @@ def resources(cfg: config.Config, flags: dict) -> config.SlurmConfig:
     return s
 
 
-def executor_parameters(s: config.SlurmConfig) -> dict:
-    params = {
-        "nodes": s.nodes, "tasks_per_node": s.tasks_per_node, "cpus_per_task": s.cpus_per_task,
-        "timeout_min": s.time_min, "slurm_signal_delay_s": s.signal_delay_s, "name": "hpc_dl",
-    }  # fmt: skip
+def executor(s: config.SlurmConfig, local: bool = False):
+    """submitit's Slurm executor (or its local one) with these resources."""
+    import submitit
+
+    if local:
+        ex = submitit.LocalExecutor(folder=s.folder)
+        ex.update_parameters(timeout_min=s.time_min, tasks_per_node=s.tasks_per_node, gpus_per_node=s.gpus_per_node)
+        return ex
+    ex = submitit.AutoExecutor(folder=s.folder, cluster="slurm", slurm_max_num_timeout=s.max_restarts)
+    params = {"nodes": s.nodes, "tasks_per_node": s.tasks_per_node, "cpus_per_task": s.cpus_per_task,
+              "timeout_min": s.time_min, "slurm_signal_delay_s": s.signal_delay_s, "name": "hpc_dl"}  # fmt: skip
     if s.gpus_per_node:
         params["gpus_per_node"] = s.gpus_per_node
     if s.mem_gb:
         params["mem_gb"] = s.mem_gb
-    for key in ("partition", "account", "qos", "constraint"):
-        if getattr(s, key):
-            params[f"slurm_{key}"] = getattr(s, key)
-    return params
-
-
-def sbatch_script(s: config.SlurmConfig) -> str:
-    """The script submitit would submit (for --dry-run)."""
-    from submitit.slurm import slurm
-
-    params = {k.removeprefix("slurm_"): v for k, v in executor_parameters(s).items()}
-    params["time"] = params.pop("timeout_min")
-    params["signal_delay_s"] = params.pop("slurm_signal_delay_s", s.signal_delay_s)
-    params["job_name"] = params.pop("name")
-    params["ntasks_per_node"] = params.pop("tasks_per_node")
-    if "mem_gb" in params:
-        params["mem"] = f"{params.pop('mem_gb')}GB"
-    folder = Path(s.folder).absolute()
-    command = f"{sys.executable} -u -m submitit.core._submit {folder}"
-    return slurm._make_sbatch_string(command=command, folder=folder, **params)
+    params |= {f"slurm_{k}": getattr(s, k) for k in ("partition", "account", "qos", "constraint") if getattr(s, k)}
+    ex.update_parameters(**params)
+    return ex
 
 
 def submit(config_path, overrides, flags: dict, run_dir=None, local=False, dry_run=False, wait=False) -> int:
@@ -113,28 +102,19 @@ def submit(config_path, overrides, flags: dict, run_dir=None, local=False, dry_r
         import submitit
     except ImportError:
         raise UserError("hpc-dl submit needs submitit: pip install submitit") from None
-    if dry_run:
-        print(sbatch_script(s))
+    if dry_run:  # rendered by the executor that would submit it, so the two cannot differ
+        slurm_ex = executor(s)._executor
+        print(slurm_ex._make_submission_file_text(slurm_ex._submitit_command_str, "dry-run"))
         return 0
     if not local and not shutil.which("sbatch"):
         raise UserError("no Slurm here (sbatch is not on PATH); --local runs the job with submitit's local executor")
-    folder = Path(s.folder)
-    if local:
-        executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=s.time_min, tasks_per_node=s.tasks_per_node,
-                                   gpus_per_node=s.gpus_per_node)  # fmt: skip
-    else:
-        executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=s.max_restarts)
-        executor.update_parameters(**executor_parameters(s))
     try:
-        job = executor.submit(TrainJob(), str(config_path) if config_path else None, list(overrides), run_dir)
+        job = executor(s, local).submit(TrainJob(), str(config_path) if config_path else None, list(overrides), run_dir)
     except submitit.core.utils.FailedJobError as e:
         raise UserError(f"sbatch refused the job: {' | '.join(str(e).strip().splitlines()[-3:])}") from None
     print(f"submitted job {job.job_id} ({'local' if local else 'slurm'}): {s.nodes} node(s) x {s.tasks_per_node} "
           f"task(s)\nlog: {job.paths.stdout}\nerr: {job.paths.stderr}", flush=True)  # fmt: skip
-    if not wait:
-        return 0
-    return _follow(job)
+    return _follow(job) if wait else 0
 
 
 def _follow(job) -> int:

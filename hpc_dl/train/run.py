@@ -94,29 +94,24 @@ def train(cfg: config.Config, run_dir: str | None = None, resume: str | None = N
     """Run one training job; returns the summary on rank 0 and None on the other ranks.
     ``on_step(step)`` is called after every optimizer step (benchmarks time steps with it)."""
     t0 = time.perf_counter()
-    stop = SignalStop(cfg.train.stop_signals).__enter__()  # from the start: a signal during set-up is kept
-    try:
+    with SignalStop(cfg.train.stop_signals) as stop:  # from the start: a signal during set-up is kept
         strategy = strategies.build(cfg)
-    except BaseException:
-        stop.__exit__()
-        raise
-    group = strategy.group
-    try:
-        return _train(cfg, strategy, run_dir, resume, t0, on_step or (lambda step: None), stop)
-    except (UserError, JobError) as e:
-        if group:
-            group.report_failure(str(e))
-        raise
-    except Exception as e:
-        if group:  # a collective failed: find out which rank is gone, rather than show a gloo/NCCL trace
-            diagnosis = group.diagnose(e)
-            if diagnosis:
-                raise JobError(diagnosis) from e
-            group.report_failure(f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        strategy.close()
-        stop.__exit__()
+        group = strategy.group
+        try:
+            return _train(cfg, strategy, run_dir, resume, t0, on_step or (lambda step: None), stop)
+        except (UserError, JobError) as e:
+            if group:
+                group.report_failure(str(e))
+            raise
+        except Exception as e:
+            if group:  # a collective failed: find out which rank is gone, rather than show a gloo/NCCL trace
+                diagnosis = group.diagnose(e)
+                if diagnosis:
+                    raise JobError(diagnosis) from e
+                group.report_failure(f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            strategy.close()
 
 
 def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, stop: SignalStop) -> dict | None:

@@ -169,6 +169,9 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
+# A requeued job waits cred_expire + 1 s before it may start again (slurmd still holds the old
+# instance's revoked credential until then): 10 s instead of the default 120 s.
+AuthInfo=cred_expire=10
 StateSaveLocation={r}/state
 SlurmdSpoolDir={r}/spool/%n
 SlurmctldPidFile={r}/run/slurmctld.pid

@@ -47,17 +47,3 @@ def wait_until(predicate, timeout: float = 180, what: str = "") -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def release(job: str) -> None:
-    """A requeued job waits about 2 minutes (Reason=BeginTime); start it now. Call it once the
-    job is PENDING: during the transient REQUEUED state the update does not stick. Wait, too,
-    until no node is still cleaning up the stopped instance (COMPLETING): a launch onto a node
-    that is still killing the old processes can fail the job."""
-
-    def settled():
-        states = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True, timeout=30).stdout
-        return not any(s.startswith("comp") for s in states.split())
-
-    wait_until(settled, timeout=120, what="the nodes to finish cleaning up")
-    subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True, timeout=30)

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from tests.conftest import CONFIGS, ROOT
-from tests.slurm.jobs import job_field, release, sbatch, wait_for, wait_until
+from tests.slurm.jobs import job_field, sbatch, wait_for, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -44,8 +44,7 @@ def test_preempted_job_checkpoints_requeues_and_finishes(slurm, tmp_path):
     wait_until(lambda: (run_dir / "metrics.jsonl").exists() and _records(run_dir), what="the first metrics record")
     # What Slurm does before the time limit (--signal=B:USR1@180), sent now instead of waiting.
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=30)
-    wait_for(job, {"PENDING"}, timeout=180, log=log)
-    release(job)
+    wait_for(job, {"PENDING"}, timeout=180, log=log)  # requeued; it starts again about 11 s later
     assert wait_for(job, {"COMPLETED", "FAILED", "CANCELLED"}, log=log) == "COMPLETED", log.read_text()
 
     text = log.read_text()
@@ -74,12 +73,27 @@ def test_array_task_requeues_only_itself(slurm, tmp_path):
     wait_until(lambda: (runs[1] / "metrics.jsonl").exists() and _records(runs[1]), what="task 1 training")
     subprocess.run(["scancel", "--batch", "--signal=USR1", f"{job}_1"], check=True, timeout=30)
     wait_for(f"{job}_1", {"PENDING"}, timeout=180, log=tmp_path / f"slurm-{job}_1.out")
-    release(f"{job}_1")
     for t in (0, 1):
         wait_for(f"{job}_{t}", {"COMPLETED"}, log=tmp_path / f"slurm-{job}_{t}.out")
         assert json.loads((runs[t] / "summary.json").read_text())["steps"] == 3000
     assert job_field(f"{job}_0", "Restarts") == "0" and job_field(f"{job}_1", "Restarts") == "1"
     assert f"requeueing {job}_1 (restart 1)" in (tmp_path / f"slurm-{job}_1.out").read_text()
+
+
+def test_plain_srun_job_requeues_itself_with_scontrol(slurm, tmp_path):
+    """Without the template or submitit: rank 0 runs `scontrol requeue` after the checkpoint."""
+    python = ROOT / ".venv" / "bin" / "python"
+    args = " ".join(map(str, MLP[:-1]))
+    wrap = f"srun --ntasks=1 {python} -m hpc_dl train {args} train.steps=3000 log.every=25 log.dir={tmp_path}/runs"
+    job = sbatch("--nodes=1", "--requeue", "--open-mode=append", "--output=slurm-%j.out", "--wrap", wrap,
+                 cwd=tmp_path, env={"PYTHONUNBUFFERED": "1"})  # fmt: skip
+    run_dir, log = tmp_path / "runs" / f"breast_cancer-mlp-job{job}", tmp_path / f"slurm-{job}.out"
+    wait_until(lambda: (run_dir / "metrics.jsonl").exists() and _records(run_dir), what="training")
+    subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)  # the job step, not the batch shell
+    wait_for(job, {"PENDING"}, timeout=180, log=log)
+    assert wait_for(job, {"COMPLETED", "FAILED", "CANCELLED"}, log=log) == "COMPLETED", log.read_text()
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 3000 and job_field(job, "Restarts") == "1"
+    assert f"requeued Slurm job {job}" in log.read_text()
 
 
 def test_strong_scaling_sweep_submits_one_job_per_point(slurm, tmp_path):

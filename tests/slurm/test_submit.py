@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from tests.conftest import CONFIGS, run_cli
-from tests.slurm.jobs import job_field, release, wait_for, wait_until
+from tests.slurm.jobs import job_field, wait_for, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -58,8 +58,7 @@ def test_submitit_job_checkpoints_requeues_and_resumes(slurm, tmp_path):
     metrics = run_dir / "metrics.jsonl"
     wait_until(lambda: metrics.exists() and metrics.read_text(), what="training")
     subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)  # submitit's warning, sent now
-    wait_for(job, {"PENDING"}, timeout=180, log=log)
-    release(job)
+    wait_for(job, {"PENDING"}, timeout=180, log=log)  # requeued; it starts again about 11 s later
     assert wait_for(job, {"COMPLETED", "FAILED", "CANCELLED"}, log=log) == "COMPLETED", log.read_text()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 3000 and summary["resumed_from"] and job_field(job, "Restarts") == "1"
