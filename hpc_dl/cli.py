@@ -290,6 +290,13 @@ def _exit_after_distributed(code: int) -> int:
     os._exit(code)
 
 
+def _say(message: str) -> None:
+    """One write per line: every rank of a job may say this at once into the same log, and
+    print() under PYTHONUNBUFFERED (as Slurm jobs often run) writes text and newline apart."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
@@ -301,10 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, JobError) as e:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+        _say(f"error: {e}")
         code = 2 if isinstance(e, UserError) else 1
     except Stopped as e:  # a signal (pre-emption, time limit): checkpointed, to be resumed
-        print(f"{e}: continue with --resume auto", file=sys.stderr)
+        _say(f"{e}: continue with --resume auto")
         code = EXIT_STOPPED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
