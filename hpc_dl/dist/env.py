@@ -11,6 +11,7 @@ any collective runs. Rank 0 waits for all of them for ``dist.timeout_s`` and
 otherwise fails naming the ranks (and, under Slurm, the hosts) that never came.
 """
 
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -202,6 +203,25 @@ class Group:
         seen = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         who = describe_missing(gone, w, self.members)
         return f"{who} failed or stopped responding" + (f" ({why})" if why else "") + f"; rank {w.rank} saw: {seen}"
+
+
+@contextlib.contextmanager
+def named_failures(group: Group | None):
+    """Run collectives; if one fails, raise a JobError naming the ranks that are gone (rather
+    than a gloo/NCCL trace), and leave this rank's own error for the others to report."""
+    try:
+        yield
+    except (UserError, JobError) as e:
+        if group:
+            group.report_failure(str(e))
+        raise
+    except Exception as e:
+        if group:
+            diagnosis = group.diagnose(e)
+            if diagnosis:
+                raise JobError(diagnosis) from e
+            group.report_failure(f"{type(e).__name__}: {e}")
+        raise
 
 
 def init(world: World, backend: str, timeout_s: float) -> Group:

@@ -34,11 +34,12 @@ def read(path: Path) -> list[dict]:
     return records
 
 
-THROUGHPUT = ("mfu", "mfu_achievable", "tflops_per_device", "samples_per_s", "tokens_per_s", "step_s")
+THROUGHPUT = ("mfu", "mfu_achievable", "tflops_per_device", "samples_per_s", "tokens_per_s", "step_s",
+              "data_s", "compute_s", "optimizer_s", "other_s", "comm_s")  # fmt: skip
 
 
 def throughput(records: list[dict]) -> dict:
-    """Median of each throughput figure over the training windows; the first window (warm-up,
+    """Median of each throughput and step-time figure over the training windows; the first window (warm-up,
     compilation, first-touch allocation) is left out when there are others."""
     windows = [r for r in records if r.get("split") == "train"]
     windows = windows[1:] if len(windows) > 1 else windows

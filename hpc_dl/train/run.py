@@ -20,7 +20,8 @@ from pathlib import Path
 from hpc_dl import config, data, models
 from hpc_dl.dist import preflight
 from hpc_dl.dist import strategy as strategies
-from hpc_dl.errors import JobError, UserError
+from hpc_dl.dist.env import named_failures
+from hpc_dl.errors import UserError
 from hpc_dl.fileio import write_json, write_text
 from hpc_dl.telemetry import flops, manifest, peaks, profiler
 from hpc_dl.telemetry.metrics import MetricsFile, read, throughput
@@ -96,28 +97,19 @@ def train(cfg: config.Config, run_dir: str | None = None, resume: str | None = N
     t0 = time.perf_counter()
     with SignalStop(cfg.train.stop_signals) as stop:  # from the start: a signal during set-up is kept
         strategy = strategies.build(cfg)
-        group = strategy.group
         try:
-            return _train(cfg, strategy, run_dir, resume, t0, on_step or (lambda step: None), stop)
-        except (UserError, JobError) as e:
-            if group:
-                group.report_failure(str(e))
-            raise
-        except Exception as e:
-            if group:  # a collective failed: find out which rank is gone, rather than show a gloo/NCCL trace
-                diagnosis = group.diagnose(e)
-                if diagnosis:
-                    raise JobError(diagnosis) from e
-                group.report_failure(f"{type(e).__name__}: {e}")
-            raise
+            with named_failures(strategy.group):
+                return _train(cfg, strategy, run_dir, resume, t0, on_step or (lambda step: None), stop)
         finally:
             strategy.close()
 
 
 def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, stop: SignalStop) -> dict | None:
     main = strategy.is_main
+    checked = None  # the all-reduce bandwidth preflight saw (the slowest rank's), for the summary
     if strategy.world_size > 1 and cfg.dist.preflight:
         report = preflight.run(strategy)
+        checked = {"busbw_gbs": min(r["busbw_gbs"] for r in report), "transport": report[0]["transport"]}
         if main:
             print(preflight.format_report(report), flush=True)
     precision.configure_backends(cfg.train.tf32, cfg.train.deterministic)
@@ -201,6 +193,7 @@ def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, st
         "resumed_from": str(resumed) if resumed else None,
         "wall_time_s": round(time.perf_counter() - t0, 3),
         "throughput": throughput(read(out / "metrics.jsonl")) if main else {},  # medians over log windows
+        "preflight": checked,
         "val": {k: v for k, v in results["val"].items() if k not in ("split", "step")},
         "test": {k: v for k, v in results["test"].items() if k not in ("split", "step")},
         "checkpoint": str(ckpts.latest()),

@@ -1,0 +1,263 @@
+"""Projection: step time and scaling efficiency of data-parallel training at node counts
+beyond the machines at hand, from a cost model whose inputs are measured where they can be.
+
+Per device and optimizer step (every device holds a full replica; D = nodes x g devices):
+
+  compute  C = F * b / R        F: model FLOPs per sample (forward + backward, counted),
+                                b: samples per device per step, R: achieved FLOP/s per
+                                device (MFU x peak, or measured at a sweep's base point)
+  comm     A = ring(G, g, intra) + allreduce(G / g, nodes, inter)
+           G: gradient bytes. Hierarchical all-reduce: a ring reduce-scatter and
+           all-gather within the node; between nodes each of the g devices all-reduces
+           its 1/g share over its own NIC. With a link of bus bandwidth B and latency a:
+             ring(S, n) = 2 (n - 1) a + 2 (n - 1) / n * S / B
+             tree(S, n) = 2 ceil(log2 n) a + 2 S / B        (pipelined binary trees)
+             auto       = the cheaper of the two, as NCCL chooses per size
+  overlap  hidden = min(f * A, 2/3 * C)   f: the fraction of the all-reduce that runs
+           behind backward (stated, or estimated from measured points); backward is
+           about 2/3 of the compute, and no more than that can hide it
+  step     T = C + A - hidden,  throughput X = b * D / T
+
+Bandwidths are bus bandwidths (nccl-tests' busbw): the link figure the ring formula
+stands for, so `hpc-dl bench allreduce` results drop straight in. Weak scaling keeps b
+fixed; strong scaling keeps the global batch b * D fixed. Efficiency is defined as for a
+measured sweep (hpc_dl.bench.scaling), against the smallest point.
+"""
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from hpc_dl.bench.scaling import Point, speedup_efficiency
+from hpc_dl.errors import UserError
+
+BACKWARD_SHARE = 2 / 3  # backward is about twice the forward's FLOPs
+
+
+@dataclass(frozen=True)
+class Link:
+    busbw_gbs: float  # GB/s
+    latency_us: float
+    source: str = "stated"
+
+
+# Published figures (see ../shared field notes and NVIDIA/nccl-tests reports); latencies are
+# the per-step software + wire latency, rough: measure your own with `hpc-dl bench allreduce`.
+LINKS = {
+    "nvlink": Link(370.0, 2.0, "8x H100 SXM NVLink 4, NCCL ring all-reduce busbw ~370 GB/s"),
+    "ndr": Link(46.0, 5.0, "InfiniBand NDR 400 Gb/s, one NIC per GPU, NCCL busbw ~46-48 GB/s"),
+    "hdr": Link(23.0, 5.0, "InfiniBand HDR 200 Gb/s, one NIC per GPU, ~23 GB/s"),
+    "tcp": Link(5.0, 30.0, "NCCL over TCP sockets (IB libraries missing), ~5 GB/s"),
+}
+
+
+def ring_s(size: float, n: int, link: Link) -> float:
+    if n <= 1:
+        return 0.0
+    return 2 * (n - 1) * link.latency_us * 1e-6 + 2 * (n - 1) / n * size / (link.busbw_gbs * 1e9)
+
+
+def tree_s(size: float, n: int, link: Link) -> float:
+    if n <= 1:
+        return 0.0
+    return 2 * math.ceil(math.log2(n)) * link.latency_us * 1e-6 + 2 * size / (link.busbw_gbs * 1e9)
+
+
+ALGORITHMS = {
+    "ring": ring_s,
+    "tree": tree_s,
+    "auto": lambda size, n, link: min(ring_s(size, n, link), tree_s(size, n, link)),
+}
+
+
+def allreduce_s(size: float, nodes: int, per_node: int, intra: Link, inter: Link, algorithm: str = "auto") -> float:
+    """Seconds for a hierarchical all-reduce of ``size`` bytes on nodes x per_node devices."""
+    return ring_s(size, per_node, intra) + ALGORITHMS[algorithm](size / per_node, nodes, inter)
+
+
+@dataclass
+class Workload:
+    flops_per_sample: float
+    batch_per_device: float  # weak: at every point; strong: at the base point
+    grad_bytes: float
+    tflops_per_device: float  # achieved: MFU x peak
+    overlap: float = 0.0
+    mode: str = "weak"
+    base_devices: int = 1  # strong scaling: global batch = batch_per_device x base_devices
+
+
+def predict(w: Workload, point: Point, intra: Link, inter: Link, algorithm: str = "auto") -> dict:
+    d = point.devices
+    b = w.batch_per_device if w.mode == "weak" else w.batch_per_device * w.base_devices / d
+    compute = w.flops_per_sample * b / (w.tflops_per_device * 1e12)
+    comm = allreduce_s(w.grad_bytes, point.nodes, point.procs, intra, inter, algorithm)
+    hidden = min(w.overlap * comm, BACKWARD_SHARE * compute)
+    step = compute + comm - hidden
+    return {"point": point.label, "nodes": point.nodes, "procs_per_node": point.procs, "devices": d,
+            "batch_per_device": b, "compute_s": compute, "comm_s": comm, "hidden_s": hidden,
+            "exposed_comm_s": comm - hidden, "step_s": step, "samples_per_s": b * d / step}  # fmt: skip
+
+
+def project(w: Workload, points: list[Point], intra: Link, inter: Link, algorithm: str = "auto") -> list[dict]:
+    rows = [predict(w, p, intra, inter, algorithm) for p in points]
+    base = min(rows, key=lambda r: r["devices"])
+    for r in rows:
+        r["speedup"], r["efficiency"] = speedup_efficiency(
+            r["devices"], r["samples_per_s"], base["devices"], base["samples_per_s"]
+        )
+    return rows
+
+
+# ------------------------------------------------------------------ inputs
+def parse_link(text: str) -> Link:
+    """A preset name, 'BUSBW_GBS:LATENCY_US', or a collectives.json from `hpc-dl bench allreduce`."""
+    if text in LINKS:
+        return LINKS[text]
+    if Path(text).is_file():
+        return link_from_collectives(json.loads(Path(text).read_text()), text)
+    bw, sep, lat = text.partition(":")
+    try:
+        link = Link(float(bw), float(lat) if sep else 0.0, f"stated {text}")
+    except ValueError:
+        raise UserError(f"link {text!r}: a preset ({', '.join(LINKS)}), BUSBW_GBS:LATENCY_US, or a "
+                        "collectives.json from `hpc-dl bench allreduce`") from None  # fmt: skip
+    if link.busbw_gbs <= 0 or link.latency_us < 0:
+        raise UserError(f"link {text!r}: bandwidth must be > 0 and latency >= 0")
+    return link
+
+
+def link_from_collectives(report: dict, source: str = "collectives.json") -> Link:
+    """Bandwidth: the best all-reduce busbw measured; latency: the smallest message's time
+    over the 2 (n - 1) steps of a ring."""
+    rows = [r for r in report.get("rows", []) if r["op"] == "all_reduce"]
+    n = report.get("world_size", 1)
+    if not rows or n < 2:
+        raise UserError(f"{source}: needs all_reduce rows measured on 2 or more ranks")
+    smallest = min(rows, key=lambda r: r["bytes"])
+    return Link(
+        max(r["busbw_gbs"] for r in rows),
+        smallest["time_us"] / (2 * (n - 1)),
+        f"measured: {source} ({n} ranks, {report.get('device')}, {report.get('backend')})",
+    )
+
+
+def workload_from_sweep(report: dict, flops_per_sample: float, parameters: int, bytes_per_grad=4) -> Workload:
+    """The base point of a measured sweep: its batch, its achieved FLOP/s per device."""
+    base = next((r for r in report["points"] if r["point"] == report.get("base")), None)
+    if base is None or not base.get("samples_per_s"):
+        raise UserError("the measured sweep has no completed base point to start the projection from")
+    achieved = flops_per_sample * base["samples_per_s"] / base["devices"] / 1e12
+    return Workload(flops_per_sample, base["batch_per_device"], bytes_per_grad * parameters, achieved,
+                    mode=report["mode"], base_devices=base["devices"])  # fmt: skip
+
+
+def measured_overlap(report: dict) -> float:
+    """The share of the gradient all-reduce hidden behind backward, from the largest completed
+    multi-device point: without communication its step would take the base step scaled by the
+    batch; what it took beyond that is exposed communication."""
+    done = [r for r in report["points"] if r["status"] == "ok" and r.get("step_s")]
+    base = next((r for r in done if r["point"] == report.get("base")), None)
+    multi = [r for r in done if r["devices"] > 1 and r.get("comm_s")]
+    if base is None or not multi:
+        return 0.0
+    r = max(multi, key=lambda r: r["devices"])
+    exposed = r["step_s"] - base["step_s"] * r["batch_per_device"] / base["batch_per_device"]
+    return min(1.0, max(0.0, 1 - exposed / r["comm_s"]))
+
+
+def overlay(rows: list[dict], measured: list[dict]) -> list[dict]:
+    """Predicted against measured efficiency at the measured points, with the model's error."""
+    predicted = {r["point"]: r for r in rows}
+    out = []
+    for m in measured:
+        p = predicted.get(m["point"])
+        if p is None:
+            continue
+        entry = {"point": m["point"], "devices": m["devices"], "status": m["status"],
+                 "measured_step_s": m.get("step_s"), "predicted_step_s": p["step_s"],
+                 "measured_efficiency": m.get("efficiency"), "predicted_efficiency": p["efficiency"]}  # fmt: skip
+        if m.get("efficiency") is not None:
+            entry["error"] = p["efficiency"] - m["efficiency"]
+        out.append(entry)
+    return out
+
+
+# ------------------------------------------------------------------ output
+def format_table(result: dict) -> str:
+    w = result["workload"]
+    lines = [
+        f"{w['mode']} scaling projection: {w['flops_per_sample'] / 1e9:.4g} GFLOP/sample, "
+        f"{w['batch_per_device']:g} samples/device at the base point, {w['grad_bytes'] / 2**20:.1f} MiB of gradients, "
+        f"{w['tflops_per_device']:.4g} TFLOP/s achieved per device, overlap {w['overlap']:.2f}",
+        f"intra-node: {result['intra']['busbw_gbs']:g} GB/s, {result['intra']['latency_us']:g} us "
+        f"({result['intra']['source']})",
+        f"inter-node: {result['inter']['busbw_gbs']:g} GB/s, {result['inter']['latency_us']:g} us "
+        f"({result['inter']['source']}); algorithm {result['algorithm']}",
+        "",
+        f"{'point':>10} {'devices':>8} {'compute ms':>11} {'comm ms':>9} {'exposed ms':>11} {'step ms':>9} "
+        f"{'samples/s':>12} {'efficiency':>10}",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"{r['point']:>10} {r['devices']:>8} {r['compute_s'] * 1e3:>11.4g} {r['comm_s'] * 1e3:>9.4g} "
+            f"{r['exposed_comm_s'] * 1e3:>11.4g} {r['step_s'] * 1e3:>9.4g} {r['samples_per_s']:>12.5g} "
+            f"{r['efficiency']:>10.3f}"
+        )
+    if result["measured"]:
+        lines += ["", "measured points against the model:"]
+        for m in result["measured"]:
+            eff = m["measured_efficiency"]
+            lines.append(
+                f"  {m['point']:>8}: measured "
+                + (f"{eff:.3f}" if eff is not None else m["status"])
+                + f", predicted {m['predicted_efficiency']:.3f}"
+                + (f" (error {m['error']:+.3f})" if "error" in m else "")
+            )
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    from hpc_dl.telemetry.plots import plt
+
+    rows = result["rows"]
+    devices = [r["devices"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    left.plot(devices, [r["efficiency"] for r in rows], "-", label="model")
+    measured = [m for m in result["measured"] if m["measured_efficiency"] is not None]
+    if measured:
+        left.plot([m["devices"] for m in measured], [m["measured_efficiency"] for m in measured], "o",
+                  color="tab:red", label="measured")  # fmt: skip
+    left.axhline(1.0, color="k", linestyle="--", linewidth=0.8)
+    left.set_ylabel("scaling efficiency")
+    left.set_ylim(0, 1.1)
+    right.stackplot(devices, [r["compute_s"] * 1e3 for r in rows], [r["exposed_comm_s"] * 1e3 for r in rows],
+                    labels=["compute", "exposed all-reduce"])  # fmt: skip
+    right.set_ylabel("ms per step")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("devices")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    w = result["workload"]
+    fig.suptitle(f"{w['mode']} scaling projection ({result['algorithm']} all-reduce, overlap {w['overlap']:.2f})")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def result(w: Workload, points, intra: Link, inter: Link, algorithm: str, measured: list[dict]) -> dict:
+    """The projection at ``points`` and at every measured point (one base for both)."""
+    every = sorted(set(points) | {Point(m["nodes"], m["procs_per_node"]) for m in measured},
+                   key=lambda p: (p.devices, p.nodes))  # fmt: skip
+    rows = project(w, every, intra, inter, algorithm)
+    return {
+        "benchmark": "projection",
+        "model": __doc__.split("\n\n")[1],
+        "workload": asdict(w),
+        "intra": asdict(intra),
+        "inter": asdict(inter),
+        "algorithm": algorithm,
+        "rows": rows,
+        "measured": overlay(rows, measured),
+    }
