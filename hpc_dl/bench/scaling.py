@@ -22,6 +22,7 @@ in the report, with the reason.
 import csv
 import datetime
 import json
+import math
 import os
 import signal
 import subprocess
@@ -150,7 +151,7 @@ def run_slurm(jobs: list[tuple[Point, list[str]]], cfg: config.Config, folder: P
     for point, (config_path, overrides, run_dir) in jobs:
         gpus = point.procs if cfg.slurm.gpus_per_node else 0
         flags = {"nodes": point.nodes, "tasks_per_node": point.procs, "gpus_per_node": gpus, "max_restarts": 0,
-                 "folder": str(folder / "%j"), "time_min": time_min}  # fmt: skip
+                 "folder": str(folder / "%j"), "time_min": math.ceil(time_min) if time_min else None}  # fmt: skip
         ex = executor(resources(cfg, flags))
         ex.update_parameters(slurm_exclusive=True)  # no other job on a point's nodes while it is timed
         try:
@@ -203,11 +204,10 @@ def collect(run_dir: Path) -> dict:
 def analyse(mode: str, rows: list[dict]) -> dict | None:
     """Add speed-up, ideal speed-up and efficiency to every completed row; returns the base row."""
     done = [r for r in rows if r["status"] == "ok" and r.get("samples_per_s")]
-    if not done:
-        return None
-    base = min(done, key=lambda r: (r["devices"], r["nodes"]))
+    base = min(done, key=lambda r: (r["devices"], r["nodes"])) if done else None
     for r in rows:
-        r["ideal_speedup"] = r["devices"] / base["devices"]
+        r["ideal_speedup"] = r["devices"] / base["devices"] if base else None
+        r["speedup"] = r["efficiency"] = None
         if r in done:
             r["speedup"], r["efficiency"] = speedup_efficiency(
                 r["devices"], r["samples_per_s"], base["devices"], base["samples_per_s"]
