@@ -16,16 +16,15 @@ both sides; the result is the median of the per-pair ratios.
 """
 
 import argparse
-import json
 import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from alternate import alternate, report
+
 from hpc_dl import config
-from hpc_dl.telemetry import manifest
 from hpc_dl.train.run import train
 
 BASE = ["data.name=synthetic_images", "data.on_device=true", "model.name=resnet20", "train.eval_every=0",
@@ -54,39 +53,13 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     args = parser.parse_args()
     os.environ["WANDB_MODE"] = "offline"  # never online from a benchmark; 'on' includes W&B's cost
-    pairs = []
     with tempfile.TemporaryDirectory() as tmp:
         timed_run("off", args, Path(tmp), 999)  # first run in the process: imports, allocator, caches
-        for i in range(args.pairs):
-            order = ("on", "off") if i % 2 == 0 else ("off", "on")
-            times = {mode: timed_run(mode, args, Path(tmp), 2 * i + j) for j, mode in enumerate(order)}
-            pairs.append(times)
-            print(f"pair {i + 1}/{args.pairs}: on {times['on'] * 1e3:.2f} ms/step, off {times['off'] * 1e3:.2f} "
-                  f"ms/step, ratio {times['on'] / times['off']:.4f}", file=sys.stderr, flush=True)  # fmt: skip
-    ratios = [p["on"] / p["off"] for p in pairs]
-    result = {
-        "benchmark": "telemetry_overhead",
-        "what": "step time with telemetry on / off (median of alternating pairs); target < 1.01",
-        "setup": {
-            "base": BASE,
-            "modes": MODES,
-            "steps": args.steps,
-            "warmup_steps": args.warmup,
-            "batch_size": args.batch,
-            "pairs": args.pairs,
-        },  # fmt: skip
-        "median_ratio": statistics.median(ratios),
-        "overhead_percent": (statistics.median(ratios) - 1) * 100,
-        "ratio_min": min(ratios),
-        "ratio_max": max(ratios),
-        "median_step_ms": {m: statistics.median(p[m] for p in pairs) * 1e3 for m in ("on", "off")},
-        "pairs_ms": [{m: p[m] * 1e3 for m in ("on", "off")} for p in pairs],
-        "manifest": manifest.environment(),
-    }
-    print(json.dumps({k: v for k, v in result.items() if k not in ("pairs_ms", "manifest", "setup")}, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        pairs = alternate("on", "off", lambda mode, i: timed_run(mode, args, Path(tmp), i), args.pairs)
+    setup = {"base": BASE, "modes": MODES, "steps": args.steps, "warmup_steps": args.warmup,
+             "batch_size": args.batch, "pairs": args.pairs}  # fmt: skip
+    what = "step time with telemetry on / off (median of alternating pairs); target < 1.01"
+    report("telemetry_overhead", what, setup, "on", "off", pairs, args.out)
     return 0
 
 

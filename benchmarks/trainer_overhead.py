@@ -15,9 +15,7 @@ the result is the median of the per-pair ratios (target: hpc_dl / hand <= 1.02).
 """
 
 import argparse
-import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -25,9 +23,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from alternate import alternate, report
 
 from hpc_dl import config, data, models
-from hpc_dl.telemetry import manifest
 from hpc_dl.train import rng
 from hpc_dl.train.optim import build_optimizer, build_scheduler
 from hpc_dl.train.run import train
@@ -80,43 +78,20 @@ def main() -> int:
     args = parser.parse_args()
     os.environ["WANDB_MODE"] = "disabled"
     cfg = config.load(None, [*BASE, f"train.steps={args.steps}", f"data.batch_size={args.batch}"])
-    pairs = []
     with tempfile.TemporaryDirectory() as tmp:
         hpc_dl_run(cfg, Path(tmp) / "first", args.warmup)  # imports, allocator, caches
         hand_run(cfg, args.warmup)
-        for i in range(args.pairs):
-            order = ("hpc_dl", "hand") if i % 2 == 0 else ("hand", "hpc_dl")
-            run = {"hpc_dl": lambda i=i: hpc_dl_run(cfg, Path(tmp) / f"{i:03d}", args.warmup),
-                   "hand": lambda: hand_run(cfg, args.warmup)}  # fmt: skip
-            times = {name: run[name]() for name in order}
-            pairs.append(times)
-            print(f"pair {i + 1}/{args.pairs}: hpc_dl {times['hpc_dl'] * 1e3:.2f} ms/step, "
-                  f"hand {times['hand'] * 1e3:.2f} ms/step, ratio {times['hpc_dl'] / times['hand']:.4f}",
-                  file=sys.stderr, flush=True)  # fmt: skip
-    ratios = [p["hpc_dl"] / p["hand"] for p in pairs]
-    result = {
-        "benchmark": "trainer_overhead",
-        "what": "step time of hpc_dl's trainer / a hand-written loop (median of alternating pairs); target <= 1.02",
-        "setup": {
-            "base": BASE,
-            "steps": args.steps,
-            "warmup_steps": args.warmup,
-            "batch_size": args.batch,
-            "pairs": args.pairs,
-            "threads": torch.get_num_threads(),
-        },  # fmt: skip
-        "median_ratio": statistics.median(ratios),
-        "overhead_percent": (statistics.median(ratios) - 1) * 100,
-        "ratio_min": min(ratios),
-        "ratio_max": max(ratios),
-        "median_step_ms": {m: statistics.median(p[m] for p in pairs) * 1e3 for m in ("hpc_dl", "hand")},
-        "pairs_ms": [{m: p[m] * 1e3 for m in ("hpc_dl", "hand")} for p in pairs],
-        "manifest": manifest.environment(),
-    }
-    print(json.dumps({k: v for k, v in result.items() if k not in ("pairs_ms", "manifest", "setup")}, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+        def run(name: str, i: int) -> float:
+            return (
+                hpc_dl_run(cfg, Path(tmp) / f"{i:03d}", args.warmup) if name == "hpc_dl" else hand_run(cfg, args.warmup)
+            )
+
+        pairs = alternate("hpc_dl", "hand", run, args.pairs)
+    setup = {"base": BASE, "steps": args.steps, "warmup_steps": args.warmup, "batch_size": args.batch,
+             "pairs": args.pairs, "threads": torch.get_num_threads()}  # fmt: skip
+    what = "step time of hpc_dl's trainer / a hand-written loop (median of alternating pairs); target <= 1.02"
+    report("trainer_overhead", what, setup, "hpc_dl", "hand", pairs, args.out)
     return 0
 
 

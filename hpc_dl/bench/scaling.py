@@ -201,8 +201,9 @@ def collect(run_dir: Path) -> dict:
     return row
 
 
-def analyse(mode: str, rows: list[dict]) -> dict | None:
-    """Add speed-up, ideal speed-up and efficiency to every completed row; returns the base row."""
+def analyse(rows: list[dict]) -> dict | None:
+    """Add speed-up, ideal speed-up and efficiency to every completed row (one formula for weak
+    and strong: see the module docstring); returns the base row."""
     done = [r for r in rows if r["status"] == "ok" and r.get("samples_per_s")]
     base = min(done, key=lambda r: (r["devices"], r["nodes"])) if done else None
     for r in rows:
@@ -360,7 +361,7 @@ def sweep(config_path, overrides, mode, points, out: Path, launcher="local", glo
             row.update(dict.fromkeys((*FIGURES, "allreduce_busbw_gbs", "grad_busbw_gbs")))
         say(f"point {row['point']}: {row['status']}" + (f" ({row['reason']})" if row["reason"] else "")
             + (f", {row['samples_per_s']:.1f} samples/s" if row.get("samples_per_s") else ""))  # fmt: skip
-    base = analyse(mode, rows)
+    base = analyse(rows)
     report = {
         "benchmark": "scaling",
         "mode": mode,

@@ -72,18 +72,18 @@ def descend(surface: Surface, optimizer: str, lr: float, start, steps: int) -> d
     holder.point = point  # a 1-D parameter: no weight decay group, as biases in training
     cfg = OptimConfig(**{**OPTIMIZERS[optimizer], "lr": lr, "weight_decay": 0.0})
     opt = build_optimizer(holder, cfg, torch.device("cpu"))
-    path = [tuple(point.tolist())]
+    path, diverged = [tuple(point.tolist())], False
     for _ in range(steps):
         opt.zero_grad()
         loss = surface(point[0], point[1])
         loss.backward()
         opt.step()
         path.append(tuple(point.tolist()))
-        if not all(math.isfinite(v) and abs(v) < 1e6 for v in path[-1]):
-            break  # diverged: the learning rate is too large for this surface
+        diverged = not all(math.isfinite(v) and abs(v) < 1e6 for v in path[-1])
+        if diverged:
+            break  # the learning rate is too large for this surface
     x, y = path[-1]
     final = float(surface(torch.tensor(x), torch.tensor(y)))
-    diverged = not all(math.isfinite(v) and abs(v) < 1e6 for v in path[-1])
     return {"optimizer": optimizer, "lr": lr, "start": list(start), "steps": len(path) - 1, "final": [x, y],
             "loss": final, "distance_to_minimum": math.dist((x, y), surface.minimum), "diverged": diverged,
             "path": [list(p) for p in path]}  # fmt: skip

@@ -50,7 +50,7 @@ def test_a_failed_smallest_point_moves_the_base_and_stays_in_the_table():
         {"point": "1x2", "nodes": 1, "devices": 2, "status": "ok", "samples_per_s": 200.0},
         {"point": "1x4", "nodes": 1, "devices": 4, "status": "ok", "samples_per_s": 300.0},
     ]
-    base = scaling.analyse("weak", rows)
+    base = scaling.analyse(rows)
     assert base["point"] == "1x2" and rows[2]["efficiency"] == pytest.approx(0.75)
     assert rows[0]["efficiency"] is None and rows[0]["ideal_speedup"] == 0.5
 

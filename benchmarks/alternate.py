@@ -1,0 +1,44 @@
+"""A against B in one process, the protocol both overhead benchmarks share: pairs alternate
+their order (A-B, B-A, ...) so drift on a shared machine hits both sides; the result is the
+median of the per-pair ratios A/B, with the range and the raw times, and the machine's manifest."""
+
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from hpc_dl.telemetry import manifest
+
+
+def alternate(a: str, b: str, run: Callable[[str, int], float], pairs: int) -> list[dict]:
+    """``run(name, pair index)`` returns seconds per step; one dict {a: s, b: s} per pair."""
+    out = []
+    for i in range(pairs):
+        times = {name: run(name, i) for name in ((a, b) if i % 2 == 0 else (b, a))}
+        out.append(times)
+        print(f"pair {i + 1}/{pairs}: {a} {times[a] * 1e3:.2f} ms/step, {b} {times[b] * 1e3:.2f} ms/step, "
+              f"ratio {times[a] / times[b]:.4f}", file=sys.stderr, flush=True)  # fmt: skip
+    return out
+
+
+def report(benchmark: str, what: str, setup: dict, a: str, b: str, pairs: list[dict], out: Path | None) -> dict:
+    """Print the summary; write the whole result as JSON to ``out`` when given."""
+    ratios = [p[a] / p[b] for p in pairs]
+    result = {
+        "benchmark": benchmark,
+        "what": what,
+        "setup": setup,
+        "median_ratio": statistics.median(ratios),
+        "overhead_percent": (statistics.median(ratios) - 1) * 100,
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "median_step_ms": {m: statistics.median(p[m] for p in pairs) * 1e3 for m in (a, b)},
+        "pairs_ms": [{m: p[m] * 1e3 for m in (a, b)} for p in pairs],
+        "manifest": manifest.environment(),
+    }
+    print(json.dumps({k: v for k, v in result.items() if k not in ("pairs_ms", "manifest", "setup")}, indent=2))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
