@@ -127,6 +127,7 @@ class DigitsConfig(_DataCommon):
     name: Literal["digits"] = "digits"
     image_size: int = _opt(8, "upsample the 8x8 images (e.g. 32 for LeNet-5 or ResNets)", ge=8)
     channels: int = _opt(1, "repeat the grey channel (3 for models built for RGB)", ge=1)
+    classes: list[int] = _opt([], "keep only these digits, relabelled 0..k-1 in this order; []: all ten", ge=0, le=9)
 
 
 @dataclass
@@ -215,6 +216,22 @@ class OptimConfig:
     min_lr_ratio: float = _opt(0.0, "cosine: final lr as a fraction of lr", ge=0, le=1)
     step_size: int = _opt(100, "step: multiply lr by gamma every step_size steps", ge=1)
     gamma: float = _opt(0.1, "step: decay factor", gt=0, le=1)
+
+
+@dataclass
+class TransferConfig:
+    """Start from trained weights (transfer learning, fine-tuning). Nothing is downloaded."""
+
+    weights: str | None = _opt(
+        None, "an hpc_dl run directory or checkpoint, or a torchvision weights file (.pth) downloaded beforehand"
+    )
+    head: Literal["new", "keep"] = _opt(
+        "new", "new: a freshly initialised classifier for this data's classes; keep: the file's (a second phase)"
+    )
+    freeze: str | None = _opt(
+        None, "backbone (all but the head), none, or a layer name (it and all before it); null: backbone with weights"
+    )
+    backbone_lr: float = _opt(1.0, "LR of the trained backbone layers as a fraction of optim.lr", gt=0, le=1)
 
 
 @dataclass
@@ -308,6 +325,7 @@ class Config:
     model: ModelConfig = field(default_factory=CNNConfig)
     data: DataConfig = field(default_factory=DigitsConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -575,3 +593,7 @@ def _check(cfg: Config, b: _Builder) -> None:
             b.fail("train.stop_signals", name, "not a signal that can be caught (e.g. USR1, USR2, TERM, INT)")
     if d.val_fraction + d.test_fraction >= 1:
         b.fail("data.test_fraction", d.test_fraction, "val_fraction + test_fraction must be < 1")
+    if d.name == "digits" and (len(set(d.classes)) != len(d.classes) or len(d.classes) == 1):
+        b.fail("data.classes", d.classes, "must be [] or at least two different digits")
+    if cfg.transfer.head == "keep" and not cfg.transfer.weights:
+        b.fail("transfer.head", "keep", "keeps the head of transfer.weights; set transfer.weights")

@@ -39,7 +39,7 @@ def test_resolved_config_round_trips(tmp_path):
     saved = tmp_path / "config.yaml"
     saved.write_text(config.to_yaml(cfg))
     assert config.load(saved) == cfg
-    sections = {"model", "data", "optim", "train", "checkpoint", "log", "dist", "slurm"}
+    sections = {"model", "data", "optim", "transfer", "train", "checkpoint", "log", "dist", "slurm"}
     assert set(yaml.safe_load(saved.read_text())) == sections
 
 

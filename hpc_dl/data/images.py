@@ -24,13 +24,17 @@ def digits(cfg) -> Splits:
     if cfg.image_size != 8:
         x = F.interpolate(x, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False)
     x = x.repeat(1, cfg.channels, 1, 1).numpy()
-    y = bunch.target
+    y, names = bunch.target, [str(c) for c in bunch.target_names]
+    if cfg.classes:  # a subset, e.g. 0-4 to pre-train and 5-9 to transfer to
+        keep = np.isin(y, cfg.classes)
+        x, y = x[keep], np.array([cfg.classes.index(v) for v in y[keep]])
+        names = [names[c] for c in cfg.classes]
     parts = split_indices(y, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     mean, std = float(x[parts[0]].mean()), float(x[parts[0]].std())
     spec = DataSpec(
         input_shape=(cfg.channels, cfg.image_size, cfg.image_size),
-        num_classes=10,
-        class_names=[str(c) for c in bunch.target_names],
+        num_classes=len(names),
+        class_names=names,
         preprocessing={"scale": 1 / 16.0, "mean": [mean], "std": [std]},
     )
     return tensor_splits((x - mean) / std, y, parts, spec)

@@ -6,13 +6,19 @@ import torch
 from torch import nn
 
 
-def build_optimizer(model: nn.Module, cfg, device: torch.device) -> torch.optim.Optimizer:
-    # Decay matrices and conv kernels, not biases or norm scales (as nanoGPT and most recipes do).
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(
+    model: nn.Module, cfg, device: torch.device, lr_scale: dict[str, float] | None = None
+) -> torch.optim.Optimizer:
+    """``lr_scale``: a factor on ``cfg.lr`` per parameter name (transfer learning's lower backbone LR)."""
+    groups: dict[tuple[bool, float], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            # Decay matrices and conv kernels, not biases or norm scales (as nanoGPT and most recipes do).
+            groups.setdefault((p.dim() >= 2, (lr_scale or {}).get(name, 1.0)), []).append(p)
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+        {"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * scale}
+        for (decay, scale), ps in sorted(groups.items(), key=lambda kv: (-kv[0][1], not kv[0][0]))
+    ]  # full-LR groups first: the trainer logs param_groups[0]'s LR
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.name]

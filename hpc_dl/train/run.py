@@ -29,7 +29,7 @@ from hpc_dl.telemetry.plots import plot_curves
 from hpc_dl.telemetry.progress import Progress
 from hpc_dl.telemetry.sampler import Sampler
 from hpc_dl.telemetry.wandb_run import WandbRun
-from hpc_dl.train import precision, rng
+from hpc_dl.train import precision, rng, transfer
 from hpc_dl.train.checkpoint import CheckpointDir
 from hpc_dl.train.stop import EXIT_STOPPED, SignalStop, Stopped, requeue_self
 from hpc_dl.train.trainer import Trainer
@@ -117,7 +117,8 @@ def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, st
     splits = data.build(cfg.data)
     model = models.build(cfg.model, splits.spec)
     n_params = models.count_parameters(model)  # before a sharded strategy partitions it
-    trainer = Trainer(cfg, strategy, splits, model)
+    lr_scale, transferred = transfer.apply(model, cfg.transfer)
+    trainer = Trainer(cfg, strategy, splits, model, lr_scale)
     rng.seed_everything(cfg.train.seed + 1_000_003 * strategy.rank)  # dropout/augmentation differ per rank
     trainer.flops_per_sample = _flops_per_sample(cfg, splits.spec)
     trainer.peak_tflops, peak_source = peaks.resolve(
@@ -144,6 +145,12 @@ def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, st
         f"on {strategy.world_size} x {strategy.device} ({strategy.name}), precision {trainer.dtype or 'fp32'}, "
         f"run dir {out}"
     )
+    if transferred.get("weights") or transferred["frozen_parameters"]:
+        progress.write(
+            f"transfer: weights {transferred.get('weights', '(none: random)')}, head '{transferred['head']}' "
+            f"{'kept' if cfg.transfer.head == 'keep' else 'new'}, freeze {transferred['freeze']}: "
+            f"{transferred['frozen_parameters']:,} frozen, {transferred['trainable_parameters']:,} trained"
+        )
     if trainer.flops_per_sample:
         progress.write(f"model FLOPs per sample (forward + backward): {trainer.flops_per_sample / 1e9:.4g} GFLOP; "
                        f"MFU against {trainer.peak_tflops or '-'} TFLOP/s: {peak_source}")  # fmt: skip
@@ -194,6 +201,7 @@ def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, st
         "wall_time_s": round(time.perf_counter() - t0, 3),
         "throughput": throughput(read(out / "metrics.jsonl")) if main else {},  # medians over log windows
         "preflight": checked,
+        "transfer": transferred,
         "val": {k: v for k, v in results["val"].items() if k not in ("split", "step")},
         "test": {k: v for k, v in results["test"].items() if k not in ("split", "step")},
         "checkpoint": str(ckpts.latest()),

@@ -50,7 +50,7 @@ TASKS = {
 
 
 class Trainer:
-    def __init__(self, cfg: Config, strategy: Strategy, splits: Splits, model: nn.Module):
+    def __init__(self, cfg: Config, strategy: Strategy, splits: Splits, model: nn.Module, lr_scale=None):
         t = cfg.train
         self.cfg, self.strategy, self.splits, self.device = cfg, strategy, splits, strategy.device
         self.dtype = precision.autocast_dtype(t.precision, self.device)
@@ -68,7 +68,7 @@ class Trainer:
                 f"optim.warmup_steps = {cfg.optim.warmup_steps}: must be < the run's {self.total_steps} steps"
             )
         module = precision.prepare_model(model, self.device, t.channels_last)
-        optimizer = build_optimizer(module, cfg.optim, self.device)
+        optimizer = build_optimizer(module, cfg.optim, self.device, lr_scale)
         scheduler = build_scheduler(optimizer, cfg.optim, self.total_steps)
         scaler = precision.grad_scaler(self.device, self.dtype)
         self.model = strategy.setup(
