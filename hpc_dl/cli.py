@@ -336,6 +336,29 @@ def cmd_demo_gd(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from hpc_dl.course import export
+
+    files = export.export(args.run_dir, onnx=not args.no_onnx)
+    print("wrote " + ", ".join(str(f) for f in files))
+    if not args.no_onnx and not any(f.name == export.ONNX for f in files):
+        print("(no model.onnx: torch's ONNX exporter needs onnxscript; pip install onnxscript)")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from hpc_dl.course import predict
+
+    if args.top_k < 1:
+        raise UserError(f"--top-k {args.top_k}: must be at least 1")
+    for row in predict.predict(args.run_dir, args.inputs, args.top_k):
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(f"{row['input']}: " + ", ".join(f"{c} {p:.4f}" for c, p in row["top"]))
+    return 0
+
+
 def cmd_info(args) -> int:
     from hpc_dl.telemetry import manifest
 
@@ -504,6 +527,28 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=2000)
     g.add_argument("--out", default=".", help="folder for gd_<function>.png and .json (default: here)")
     g.set_defaults(func=cmd_demo_gd)
+
+    ex = sub.add_parser(
+        "export",
+        help="write a trained model as an inference program (torch.export, ONNX)",
+        description="Write RUN_DIR/export/: model.pt2 (torch.export; raw input -> class probabilities, "
+        "preprocessing inside), model.onnx when onnxscript is installed, and predictor.json.",
+    )
+    ex.add_argument("run_dir", help="a run directory written by hpc-dl train")
+    ex.add_argument("--no-onnx", action="store_true", help="skip the ONNX file")
+    ex.set_defaults(func=cmd_export)
+
+    pd = sub.add_parser(
+        "predict",
+        help="classify CSV rows or image files with a trained model",
+        description="Top-k classes with probabilities for every row of the CSV files (a header names the "
+        "feature columns) or every image file, from the run's exported program (exported first if needed).",
+    )
+    pd.add_argument("run_dir", help="a run directory written by hpc-dl train")
+    pd.add_argument("inputs", nargs="+", metavar="INPUT", help="CSV files (table models) or image files")
+    pd.add_argument("--top-k", type=int, default=3, help="classes shown per input (default 3)")
+    pd.add_argument("--json", action="store_true", help="one JSON object per input")
+    pd.set_defaults(func=cmd_predict)
 
     i = sub.add_parser("info", help="print the environment report", description="Versions, devices, Slurm.")
     i.add_argument("--json", action="store_true", help="print JSON")

@@ -66,8 +66,8 @@ def read_state_dict(where: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
     return {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state.items()}, path
 
 
-def load_run(run_dir: str | Path) -> tuple[config.Config, Splits, nn.Module]:
-    """The config, data splits and trained model (eval mode, CPU) of a finished run."""
+def load_run(run_dir: str | Path) -> tuple[config.Config, Splits, nn.Module, Path]:
+    """The config, data splits, trained model (eval mode, CPU) of a finished run, and its weights file."""
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
         raise UserError(f"{run_dir}: not a run directory (no config.yaml); give the folder `hpc-dl train` wrote")
@@ -79,4 +79,4 @@ def load_run(run_dir: str | Path) -> tuple[config.Config, Splits, nn.Module]:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not fit the model in {run / 'config.yaml'}: {e}") from e
-    return cfg, splits, model.eval()
+    return cfg, splits, model.eval(), path

@@ -1,0 +1,137 @@
+"""A trained model as a program: ``hpc-dl export RUN_DIR`` writes ``RUN_DIR/export/``.
+
+  model.pt2       torch.export program: raw input -> class probabilities, with the run's
+                  preprocessing inside the graph (scaler statistics, resizing, normalisation)
+  model.onnx      the same graph for ONNX runtimes, when torch's ONNX exporter (onnxscript) is installed
+  predictor.json  what the input is (feature columns, image size), class names, where it came from
+
+Raw input means what a user has: table rows in the original units, or images as floats
+in [0, 1] at the data set's own size (decoding and resizing image files happens before
+the graph, in ``predict``). Everything learnt from the training data is in the graph.
+"""
+
+import contextlib
+import io
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpc_dl import __version__
+from hpc_dl.errors import UserError
+from hpc_dl.fileio import write_json
+from hpc_dl.train.weights import load_run
+
+PROGRAM, ONNX, META = "model.pt2", "model.onnx", "predictor.json"
+
+
+class Predictor(nn.Module):
+    """Raw input -> preprocessing -> model -> probabilities over the classes."""
+
+    def __init__(self, model: nn.Module, binary: bool, inputs: dict, prep: dict):
+        super().__init__()
+        self.model, self.binary, self.kind = model, binary, inputs["kind"]
+        if self.kind == "table":
+            self.register_buffer("shift", torch.tensor(prep["shift"], dtype=torch.float32))
+            self.register_buffer("scale", torch.tensor(prep["scale"], dtype=torch.float32))
+        else:
+            self.register_buffer("mean", torch.tensor(prep["mean"], dtype=torch.float32).view(-1, 1, 1))
+            self.register_buffer("std", torch.tensor(prep["std"], dtype=torch.float32).view(-1, 1, 1))
+            self.resize, self.repeat = prep.get("resize"), prep.get("repeat", 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "table":
+            x = (x - self.shift) / self.scale
+        else:
+            if self.resize:  # as the data set upsampled its images for the model
+                x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
+            if self.repeat > 1:  # grey repeated to the channels the model was built for
+                x = x.repeat(1, self.repeat, 1, 1)
+            x = (x - self.mean) / self.std
+        logits = self.model(x).float()
+        if self.binary:
+            p = torch.sigmoid(logits)
+            return torch.cat([1 - p, p], dim=-1)
+        return logits.softmax(-1)
+
+
+def describe(cfg, spec) -> tuple[dict, dict]:
+    """(what the raw input is, the preprocessing the graph applies) for the run's data set."""
+    d, pre = cfg.data, spec.preprocessing
+    if d.name == "breast_cancer":
+        return {"kind": "table", "numeric": spec.feature_names, "categorical": {}}, pre
+    if d.name == "csv":
+        onehot = {c: [n.split("=", 1)[1] for n in spec.feature_names if n.startswith(c + "=")] for c in d.categorical}
+        ones = sum(len(v) for v in onehot.values())
+        prep = {"shift": pre["shift"] + [0.0] * ones, "scale": pre["scale"] + [1.0] * ones}
+        return {"kind": "table", "numeric": pre["numeric"], "categorical": onehot}, prep
+    if d.name == "digits":
+        prep = {**pre, "resize": d.image_size if d.image_size != 8 else None, "repeat": d.channels}
+        return {"kind": "image", "channels": 1, "size": 8, "note": "grey, bright ink on dark"}, prep
+    if d.name in ("cifar10", "cifar100"):
+        return {"kind": "image", "channels": 3, "size": 32}, pre
+    if d.name == "imagefolder":
+        # ImageFolder's evaluation geometry: shorter side to size*256/224, then a centre crop
+        return {"kind": "image", "channels": 3, "size": d.image_size, "resize": round(d.image_size * 256 / 224)}, pre
+    raise UserError(
+        f"data.name = '{d.name}': export needs a classifier on table rows or images "
+        "(breast_cancer, csv, digits, cifar10, cifar100, imagefolder)"
+    )
+
+
+def build(run_dir) -> tuple[Predictor, dict, object]:
+    """The Predictor of a finished run, its description, and the run's data splits."""
+    cfg, splits, model, weights = load_run(run_dir)
+    spec = splits.spec
+    if spec.task == "lm":
+        raise UserError(f"{run_dir}: a language model; export takes classifiers (table rows or images)")
+    inputs, prep = describe(cfg, spec)
+    meta = {
+        "hpc_dl": __version__,
+        "torch": torch.__version__,
+        "run_dir": str(run_dir),
+        "weights": str(weights),
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "classes": spec.class_names or [str(i) for i in range(spec.num_classes)],
+        "inputs": inputs,
+    }
+    return Predictor(model, spec.task == "binary", inputs, prep).eval(), meta, splits
+
+
+def example(meta: dict, n: int = 2) -> torch.Tensor:
+    ins = meta["inputs"]
+    if ins["kind"] == "table":
+        return torch.zeros(n, len(ins["numeric"]) + sum(len(v) for v in ins["categorical"].values()))
+    return torch.rand(n, ins["channels"], ins["size"], ins["size"])
+
+
+def export(run_dir, onnx: bool = True) -> list[Path]:
+    """Write the run's inference artefacts; returns the files written."""
+    predictor, meta, _ = build(run_dir)
+    out = Path(run_dir) / "export"
+    out.mkdir(exist_ok=True)
+    x = example(meta)
+    batch = {"x": {0: torch.export.Dim.DYNAMIC}}  # any number of rows or images
+    with torch.no_grad():
+        program = torch.export.export(predictor, (x,), dynamic_shapes=batch)
+    torch.export.save(program, out / PROGRAM)
+    written = [out / PROGRAM]
+    meta["files"] = {"program": PROGRAM}
+    if onnx and _onnx_exporter():
+        with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():  # the exporter narrates each pass
+            torch.onnx.export(predictor, (x,), dynamic_shapes=batch, dynamo=True, input_names=["x"],
+                              output_names=["probabilities"]).save(out / ONNX)  # fmt: skip
+        written.append(out / ONNX)
+        meta["files"]["onnx"] = ONNX
+    write_json(out / META, meta)
+    return [*written, out / META]
+
+
+def _onnx_exporter() -> bool:
+    try:
+        import onnxscript  # noqa: F401  torch's ONNX exporter is built on it
+    except ImportError:
+        return False
+    return True

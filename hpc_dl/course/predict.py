@@ -1,0 +1,119 @@
+"""``hpc-dl predict RUN_DIR INPUT...``: the exported program on CSV rows or image files.
+
+Runs ``RUN_DIR/export/model.pt2`` (exported first if it is not there), so what is
+printed is what any other program loading the artefact would get.
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from hpc_dl.course import export
+from hpc_dl.errors import UserError
+from hpc_dl.train import weights
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def load(run_dir) -> tuple[torch.nn.Module, dict]:
+    """The exported program of ``run_dir`` and its predictor.json, exported first when missing
+    or older than the run's latest weights (a resumed run)."""
+    folder = Path(run_dir) / "export"
+    meta = json.loads((folder / export.META).read_text()) if (folder / export.META).is_file() else {}
+    if not (folder / export.PROGRAM).is_file() or meta.get("weights") != str(weights.resolve(run_dir)):
+        export.export(run_dir, onnx=False)
+        meta = json.loads((folder / export.META).read_text())
+    return torch.export.load(folder / export.PROGRAM).module(), meta
+
+
+def read_table(path: Path, inputs: dict) -> tuple[torch.Tensor, list[str]]:
+    """Rows of a CSV file with a header naming the feature columns (others, e.g. the label, are ignored)."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    if not rows:
+        raise UserError(f"{path}: empty; expected a header row naming the columns, then data rows")
+    header = [h.strip() for h in rows[0]]
+    needed = inputs["numeric"] + list(inputs["categorical"])
+    missing = [c for c in needed if c not in header]
+    if missing:
+        shown = ", ".join(repr(c) for c in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise UserError(f"{path}: the model needs column(s) {shown}, not in the header")
+    where = {c: header.index(c) for c in needed}
+    out, names = [], []
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise UserError(f"{path} line {line}: {len(row)} fields, the header has {len(header)}")
+        values = []
+        for c in inputs["numeric"]:
+            cell = row[where[c]].strip()
+            try:
+                values.append(float(cell))
+            except ValueError:
+                raise UserError(f"{path} line {line}: column '{c}' = '{cell}' is not a number") from None
+        for c, seen in inputs["categorical"].items():
+            cell = row[where[c]].strip()
+            if cell not in seen:
+                raise UserError(f"{path} line {line}: column '{c}' = '{cell}' was not seen in training ({seen})")
+            values += [float(cell == v) for v in seen]
+        out.append(values)
+        names.append(f"{path.name}:{line}")
+    if not out:
+        raise UserError(f"{path}: no data rows after the header")
+    return torch.tensor(out, dtype=torch.float32), names
+
+
+def read_image(path: Path, inputs: dict) -> torch.Tensor:
+    """One image file -> floats in [0, 1] at the size the program takes."""
+    try:
+        with Image.open(path) as f:
+            img = v2.functional.pil_to_tensor(f.convert("L" if inputs["channels"] == 1 else "RGB"))
+    except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+        raise UserError(f"{path}: not a readable image ({str(e).strip().splitlines()[0][:120]})") from None
+    size = inputs["size"]
+    steps = [v2.Resize(inputs["resize"], antialias=True), v2.CenterCrop(size)] if inputs.get("resize") else [
+        v2.Resize((size, size), antialias=True)
+    ]  # fmt: skip
+    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True)])(img)
+
+
+def read(paths: list[str], inputs: dict) -> tuple[torch.Tensor, list[str]]:
+    batches, names = [], []
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise UserError(f"{p}: no such file")
+        if inputs["kind"] == "table":
+            x, n = read_table(p, inputs)
+            batches.append(x)
+            names += n
+        else:
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                raise UserError(f"{p}: this model takes image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            batches.append(read_image(p, inputs)[None])
+            names.append(p.name)
+    return torch.cat(batches), names
+
+
+def predict(run_dir, paths: list[str], top_k: int = 3) -> list[dict]:
+    """For each row or image: its name and the top-k (class, probability) pairs."""
+    program, meta = load(run_dir)
+    if not paths:
+        raise UserError("give at least one CSV file or image file")
+    x, names = read(paths, meta["inputs"])
+    with torch.no_grad():
+        probs = torch.cat([program(chunk) for chunk in x.split(256)])
+    k = min(top_k, probs.shape[1])
+    top = probs.topk(k, dim=1)
+    classes = meta["classes"]
+    return [
+        {"input": name, "top": [[classes[i], round(float(p), 6)] for p, i in zip(ps.tolist(), ix.tolist())]}
+        for name, ps, ix in zip(names, top.values, top.indices)
+    ]
