@@ -128,9 +128,11 @@ class WandbRun:
     def log(self, record: dict) -> None:
         self.run.log(flatten(record))
 
-    def finish(self, summary: dict | None, images: list[Path], exit_code: int = 0, say=print, preempted=False) -> None:
-        """Summary values and the curve plots, then close the run (exit_code != 0 marks it failed;
-        ``preempted``: it will resume, as the same W&B run)."""
+    def finish(
+        self, summary: dict | None, images: list[Path], exit_code=0, say=print, preempted=False, section="curves"
+    ) -> None:
+        """Summary values and the plots (as ``section/<file stem>``), then close the run (exit_code != 0
+        marks it failed; ``preempted``: it will resume, as the same W&B run)."""
         import wandb
 
         try:
@@ -143,7 +145,7 @@ class WandbRun:
                 final["final/steps"] = summary["steps"]
                 final["final/wall_time_s"] = summary["wall_time_s"]
                 self.run.summary.update(final)
-            media = {f"curves/{p.stem}": wandb.Image(str(p)) for p in images if p.exists()}
+            media = {f"{section}/{p.stem}": wandb.Image(str(p)) for p in images if p.exists()}
             if media:
                 self.run.log(media)
             run_dir = Path(self.run.dir).parent  # .../wandb/<offline-run-...>/files

@@ -1,0 +1,151 @@
+"""``hpc-dl explain RUN_DIR``: SHAP explanations of a trained classifier, in ``RUN_DIR/explain/``.
+
+Tables: a model-agnostic explainer (permutation, or kernel) on the exported predictor, so
+features are explained in their own units (a radius in mm, not a z-score) and outputs as
+class probabilities; a background sample of training rows stands for "feature unknown".
+Both explainers are additive: base value + the values of a row = the model's output for it.
+Files: shap.json and shap_values.csv (every value), beeswarm_<class>.png, bar_<class>.png.
+
+Images: GradientExplainer (expected gradients; works with torchvision's ResNets, which
+DeepExplainer does not) on the model's logits for each image's top-k classes; the values sum
+to the logit minus its mean over the background only approximately. Files: images.png (each
+test image and its per-class overlays), shap_values.npz (the raw values), shap.json.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import shap
+import torch
+
+from hpc_dl import config
+from hpc_dl.course import export
+from hpc_dl.errors import UserError
+from hpc_dl.fileio import write_json
+from hpc_dl.telemetry.plots import plt
+
+
+def _stack(dataset, indices) -> torch.Tensor:
+    return torch.stack([dataset[int(i)][0] for i in indices])
+
+
+def _pick(n_total: int, n: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(n_total, min(n, n_total), replace=False))
+
+
+def explain(run_dir, samples=100, background=100, method="permutation", images=4, top_k=3, seed=0) -> list[Path]:
+    """Explain the run's model on test samples; returns the files written."""
+    predictor, meta, splits = export.build(run_dir)
+    out = Path(run_dir) / "explain"
+    out.mkdir(exist_ok=True)
+    if meta["inputs"]["kind"] == "table":
+        return _tables(predictor, meta, splits, out, samples, background, method, seed)
+    return _images(predictor.model, meta, splits, out, images, background, top_k, seed)
+
+
+def _tables(predictor, meta, splits, out: Path, samples, background, method, seed) -> list[Path]:
+    ins = meta["inputs"]
+    names = ins["numeric"] + [f"{c}={v}" for c, vals in ins["categorical"].items() for v in vals]
+
+    def raw(dataset, n, s):  # undo the data set's scaling: explain in the features' own units
+        x = _stack(dataset, _pick(len(dataset), n, s))
+        return (x * predictor.scale + predictor.shift).numpy().astype(np.float64)
+
+    bg, x = raw(splits.train, background, seed), raw(splits.test, samples, seed + 1)
+    classes = meta["classes"]
+    outputs = [1] if len(classes) == 2 else list(range(len(classes)))  # binary: P(second class) says it all
+
+    def f(a):
+        with torch.no_grad():
+            return predictor(torch.as_tensor(a, dtype=torch.float32)).double().numpy()[:, outputs]
+
+    if method == "permutation":
+        explainer = shap.PermutationExplainer(f, shap.maskers.Independent(bg, max_samples=len(bg)), seed=seed)
+        e = explainer(x)
+        values, base = e.values, e.base_values
+    elif method == "kernel":
+        explainer = shap.KernelExplainer(f, bg)
+        values = np.asarray(explainer.shap_values(x, silent=True))
+        base = np.broadcast_to(np.asarray(explainer.expected_value), (len(x), len(outputs)))
+    else:
+        raise UserError(f"--method {method}: permutation or kernel")
+    values = values.reshape(len(x), len(names), len(outputs))
+    base = np.asarray(base).reshape(len(x), len(outputs))
+    predicted = f(x)
+
+    files = [out / "shap.json", out / "shap_values.csv"]
+    write_json(files[0], {
+        "method": method, "model": meta["model"], "data": meta["data"], "output": "class probability",
+        "classes": [classes[o] for o in outputs], "features": names, "background_rows": len(bg),
+        "data_rows": x.tolist(), "base_values": base.tolist(), "predictions": predicted.tolist(),
+        "values": values.transpose(2, 0, 1).tolist(),  # [class][row][feature]
+    })  # fmt: skip
+    header = "row,class,base_value,prediction," + ",".join(f'"{n}"' for n in names)
+    lines = [
+        f"{i},{classes[o]},{base[i, k]:.9g},{predicted[i, k]:.9g}," + ",".join(f"{v:.9g}" for v in values[i, :, k])
+        for k, o in enumerate(outputs)
+        for i in range(len(x))
+    ]
+    files[1].write_text("\n".join([header, *lines]) + "\n")
+    for k, o in enumerate(outputs):
+        e = shap.Explanation(values[:, :, k], base[:, k], data=x, feature_names=names)
+        for kind, plot in (("beeswarm", shap.plots.beeswarm), ("bar", shap.plots.bar)):
+            plot(e, max_display=15, show=False)
+            fig = plt.gcf()
+            fig.suptitle(f"SHAP values for P({classes[o]}), {meta['model']} on {meta['data']} ({method})")
+            files.append(out / f"{kind}_{classes[o]}.png")
+            fig.savefig(files[-1], dpi=110, bbox_inches="tight")
+            plt.close(fig)
+    return files
+
+
+def _images(model, meta, splits, out: Path, n_images, background, top_k, seed) -> list[Path]:
+    bg = _stack(splits.train, _pick(len(splits.train), background, seed))
+    picked = _pick(len(splits.test), n_images, seed + 1)
+    x = _stack(splits.test, picked)
+    labels = [int(splits.test[int(i)][1]) for i in picked]
+    k = min(top_k, len(meta["classes"]))
+    explainer = shap.GradientExplainer(model, bg)
+    values, ranked = explainer.shap_values(x, ranked_outputs=k, nsamples=200, rseed=seed)
+    values, ranked = np.asarray(values), np.asarray(ranked)  # (N, C, H, W, k), (N, k)
+    with torch.no_grad():
+        logits = model(x).float().numpy()
+        base = model(bg).float().mean(0).numpy()
+
+    classes = meta["classes"]
+    names = np.array([[f"{classes[c]}\n{torch.softmax(torch.from_numpy(lg), 0)[c]:.2f}" for c in row]
+                      for row, lg in zip(ranked, logits)])  # fmt: skip
+    pixels = x.numpy()
+    lo, hi = pixels.min(axis=(1, 2, 3), keepdims=True), pixels.max(axis=(1, 2, 3), keepdims=True)
+    shown = ((pixels - lo) / np.maximum(hi - lo, 1e-12)).transpose(0, 2, 3, 1)  # normalised -> [0, 1] for display
+    shap.image_plot([values[..., j].transpose(0, 2, 3, 1) for j in range(k)], shown, names, show=False)
+    fig = plt.gcf()
+    fig.suptitle(f"SHAP (expected gradients) for the top {k} classes; true: {', '.join(classes[y] for y in labels)}")
+    files = [out / "images.png", out / "shap_values.npz", out / "shap.json"]
+    fig.savefig(files[0], dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    np.savez_compressed(files[1], values=values, classes=ranked, images=pixels, labels=np.array(labels),
+                        test_indices=picked)  # fmt: skip
+    write_json(files[2], {
+        "method": "gradient", "model": meta["model"], "data": meta["data"], "output": "logit",
+        "test_indices": picked.tolist(), "labels": [classes[y] for y in labels],
+        "explained_classes": [[classes[c] for c in row] for row in ranked], "background_images": len(bg),
+        "logits": np.take_along_axis(logits, ranked, 1).tolist(), "background_mean_logits": base[ranked].tolist(),
+        "value_sums": values.sum(axis=(1, 2, 3)).tolist(),
+    })  # fmt: skip
+    return files
+
+
+def log_to_wandb(run_dir, files: list[Path], say=print) -> None:
+    """Add the plots to the run's own W&B run (same id), when the run logged to W&B."""
+    from hpc_dl.telemetry.wandb_run import WandbRun
+
+    cfg = config.load(Path(run_dir) / "config.yaml")
+    if not cfg.log.wandb:
+        return
+    env = Path(run_dir) / "env.json"
+    manifest = json.loads(env.read_text()) if env.is_file() else {}
+    dashboard = WandbRun.start(cfg, Path(run_dir), manifest, say=say)
+    if dashboard:
+        dashboard.finish(None, [f for f in files if f.suffix == ".png"], say=say, section="explain")
