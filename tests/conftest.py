@@ -14,7 +14,10 @@ os.environ["WANDB_MODE"] = "disabled"
 
 def run_cli(*args, cwd=None, env=None, timeout=300, check=True) -> subprocess.CompletedProcess:
     """Run ``python -m hpc_dl ARGS`` in a fresh process, as a user would."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    # Not WANDB_SERVICE: a W&B run made inside pytest leaves it set, and a child connecting to
+    # that process's wandb-core would have its run written (or not) by pytest's service.
+    inherited = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "hpc_dl", *map(str, args)],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,

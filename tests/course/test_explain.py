@@ -72,11 +72,10 @@ def test_gradient_explainer_on_a_torchvision_resnet(tmp_path):
     _readable_png(files[0])
 
 
-def test_plots_go_to_the_runs_wandb_run(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    run = tmp_path / "bc"
-    train(config.load(CONFIGS / "breast_cancer_mlp.yaml", ["train.steps=30", "log.progress=off"]), str(run))
-    proc = run_cli("explain", run, "--samples", "10", env={"WANDB_MODE": "offline"})
+def test_plots_go_to_the_runs_wandb_run(tmp_path):
+    run, offline = tmp_path / "bc", {"WANDB_MODE": "offline"}
+    run_cli("train", CONFIGS / "breast_cancer_mlp.yaml", "train.steps=30", "--run-dir", run, env=offline)
+    proc = run_cli("explain", run, "--samples", "10", env=offline)
     assert "wrote" in proc.stdout and "wandb sync" in proc.stdout
     logged = inspect(run, summary=True)  # the newest offline run: explain's, with the same id
     assert logged["run_id"] == (run / "wandb_id").read_text().strip()
