@@ -2,6 +2,7 @@
 their order (A-B, B-A, ...) so drift on a shared machine hits both sides; the result is the
 median of the per-pair ratios A/B, with the range and the raw times, and the machine's manifest."""
 
+import argparse
 import json
 import statistics
 import sys
@@ -9,6 +10,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hpc_dl.telemetry import manifest
+
+
+def arguments(doc: str) -> argparse.Namespace:
+    """The command line both benchmarks take."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    return parser.parse_args()
 
 
 def alternate(a: str, b: str, run: Callable[[str, int], float], pairs: int) -> list[dict]:

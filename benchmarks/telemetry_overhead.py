@@ -15,14 +15,13 @@ both sides; the result is the median of the per-pair ratios.
   python benchmarks/telemetry_overhead.py --pairs 10 --out benchmarks/results/telemetry_overhead_cpu.json
 """
 
-import argparse
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from alternate import alternate, report
+from alternate import alternate, arguments, report
 
 from hpc_dl import config
 from hpc_dl.train.run import train
@@ -45,13 +44,7 @@ def timed_run(mode: str, args, workdir: Path, index: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
-    args = parser.parse_args()
+    args = arguments(__doc__)
     os.environ["WANDB_MODE"] = "offline"  # never online from a benchmark; 'on' includes W&B's cost
     with tempfile.TemporaryDirectory() as tmp:
         timed_run("off", args, Path(tmp), 999)  # first run in the process: imports, allocator, caches

@@ -14,7 +14,6 @@ the result is the median of the per-pair ratios (target: hpc_dl / hand <= 1.02).
   python benchmarks/trainer_overhead.py --pairs 6 --out benchmarks/results/trainer_overhead_cpu.json
 """
 
-import argparse
 import os
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from alternate import alternate, report
+from alternate import alternate, arguments, report
 
 from hpc_dl import config, data, models
 from hpc_dl.train import rng
@@ -69,13 +68,7 @@ def hand_run(cfg, warmup: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
-    args = parser.parse_args()
+    args = arguments(__doc__)
     os.environ["WANDB_MODE"] = "disabled"
     cfg = config.load(None, [*BASE, f"train.steps={args.steps}", f"data.batch_size={args.batch}"])
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,7 +4,6 @@ Runs ``RUN_DIR/export/model.pt2`` (exported first if it is not there), so what i
 printed is what any other program loading the artefact would get.
 """
 
-import csv
 import json
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from hpc_dl.course import export
+from hpc_dl.data.tabular import read_csv
 from hpc_dl.errors import UserError
 from hpc_dl.train import weights
 
@@ -32,14 +32,7 @@ def load(run_dir) -> tuple[torch.nn.Module, dict]:
 
 def read_table(path: Path, inputs: dict) -> tuple[torch.Tensor, list[str]]:
     """Rows of a CSV file with a header naming the feature columns (others, e.g. the label, are ignored)."""
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    if not rows:
-        raise UserError(f"{path}: empty; expected a header row naming the columns, then data rows")
-    header = [h.strip() for h in rows[0]]
+    header, rows = read_csv(path)
     needed = inputs["numeric"] + list(inputs["categorical"])
     missing = [c for c in needed if c not in header]
     if missing:
@@ -47,9 +40,7 @@ def read_table(path: Path, inputs: dict) -> tuple[torch.Tensor, list[str]]:
         raise UserError(f"{path}: the model needs column(s) {shown}, not in the header")
     where = {c: header.index(c) for c in needed}
     out, names = [], []
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue
+    for line, row in rows:
         if len(row) != len(header):
             raise UserError(f"{path} line {line}: {len(row)} fields, the header has {len(header)}")
         values = []
@@ -66,8 +57,6 @@ def read_table(path: Path, inputs: dict) -> tuple[torch.Tensor, list[str]]:
             values += [float(cell == v) for v in seen]
         out.append(values)
         names.append(f"{path.name}:{line}")
-    if not out:
-        raise UserError(f"{path}: no data rows after the header")
     return torch.tensor(out, dtype=torch.float32), names
 
 

@@ -37,19 +37,29 @@ def breast_cancer(cfg) -> Splits:
 MISSING = {"", "na", "n/a", "nan", "null", "none", "?"}
 
 
+def read_csv(path: Path, field: str | None = None) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(header, [(line number, cells), ...]) of a CSV file with a header row; blank lines are skipped.
+    ``field``: the config field that named the file, for the message."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except OSError as e:
+        where = f"{field} = '{path}'" if field else str(path)
+        raise UserError(f"{where}: cannot read the CSV file ({e.strerror})") from None
+    if not rows:
+        raise UserError(f"{path}: the file is empty; expected a header row and data rows")
+    data = [(line, row) for line, row in enumerate(rows[1:], start=2) if any(cell.strip() for cell in row)]
+    if not data:
+        raise UserError(f"{path}: no data rows after the header")
+    return [h.strip() for h in rows[0]], data
+
+
 def csv_table(cfg) -> Splits:
     """A CSV file with a header: ``target`` names the label column, ``categorical`` columns are
     one-hot encoded (categories seen in the training split), all other columns must be numbers.
     Every bad row is reported with its line number before anything trains."""
     path = Path(cfg.path)
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-    except OSError as e:
-        raise UserError(f"data.path = '{cfg.path}': cannot read the CSV file ({e.strerror})") from None
-    if not rows:
-        raise UserError(f"{path}: the file is empty; expected a header row and data rows")
-    header = [h.strip() for h in rows[0]]
+    header, rows = read_csv(path, "data.path")
     for col in [cfg.target, *cfg.categorical]:
         if col not in header:
             field = "data.target" if col == cfg.target else "data.categorical"
@@ -57,9 +67,7 @@ def csv_table(cfg) -> Splits:
     numeric = [c for c in header if c != cfg.target and c not in cfg.categorical]
     where = {c: header.index(c) for c in header}
     problems, records = [], []
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue  # a blank line
+    for line, row in rows:
         if len(row) != len(header):
             problems.append(f"line {line}: {len(row)} fields, the header has {len(header)}")
             continue
@@ -80,8 +88,6 @@ def csv_table(cfg) -> Splits:
     if problems:
         shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
         raise UserError(f"{path}: {len(problems)} bad row(s): {shown}")
-    if not records:
-        raise UserError(f"{path}: no data rows after the header")
 
     classes = sorted({r[2] for r in records})
     if len(classes) < 2:
