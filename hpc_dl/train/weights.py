@@ -55,11 +55,13 @@ def resolve(where: str | Path) -> Path:
 def read_state_dict(where: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
     """(model state dict, the file it came from) from an hpc_dl checkpoint or a plain state dict file."""
     path = resolve(where)
+    if path.with_name(path.name + checkpoint.SUM).is_file():
+        checkpoint.verify(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a torch file, or pickled code
-        raise UserError(f"{path}: not a loadable weights file ({str(e).strip().splitlines()[0][:200]})") from e
-    if isinstance(state, dict) and state.get("format") == checkpoint.FORMAT:
+        raise UserError(f"{path}: not a loadable weights file ({checkpoint.load_error(e)})") from e
+    if isinstance(state, dict) and state.get("format") in checkpoint.FORMATS:
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path}: not a state dict (a mapping of parameter names to tensors)")

@@ -114,4 +114,4 @@ def test_save_failure_leaves_no_partial_file(tmp_path):
 
     with pytest.raises(RuntimeError, match="disk full"):
         d.save(2, {"bad": Unsaveable()})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000001.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000001.pt", "step_00000001.pt.sha256"]
