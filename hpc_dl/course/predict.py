@@ -1,7 +1,11 @@
-"""``hpc-dl predict RUN_DIR INPUT...``: the exported program on CSV rows or image files.
+"""``hpc-dl predict RUN_DIR INPUT...``: the run's model as a program, on CSV rows or image files.
 
-Runs ``RUN_DIR/export/model.pt2`` (exported first if it is not there), so what is
-printed is what any other program loading the artefact would get.
+Runs the module that ``hpc-dl export`` exports (export.Predictor: preprocessing, model,
+probabilities), rebuilt from the run's config.yaml and its weights read with
+``weights_only=True``, so it prints what the exported program gives. ``RUN_DIR/export/model.pt2``
+is never loaded: ``torch.export.load`` unpickles parts of the archive with ``weights_only=False``,
+so a planted or tampered file would run code here. The export is still written (first, when
+missing or older than the run's weights) for other programs.
 """
 
 import json
@@ -12,22 +16,25 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from hpc_dl.course import export
-from hpc_dl.data.tabular import read_csv
+from hpc_dl.data.tabular import MISSING, number, read_csv
 from hpc_dl.errors import UserError
-from hpc_dl.train import weights
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 def load(run_dir) -> tuple[torch.nn.Module, dict]:
-    """The exported program of ``run_dir`` and its predictor.json, exported first when missing
-    or older than the run's latest weights (a resumed run)."""
+    """The run's Predictor and its description; the export (predictor.json, model.pt2) is written
+    first when missing or older than the run's latest weights (a resumed run)."""
+    predictor, meta, _ = export.build(run_dir)
     folder = Path(run_dir) / "export"
-    meta = json.loads((folder / export.META).read_text()) if (folder / export.META).is_file() else {}
-    if not (folder / export.PROGRAM).is_file() or meta.get("weights") != str(weights.resolve(run_dir)):
+    try:
+        saved = json.loads((folder / export.META).read_text())
+    except (OSError, ValueError):  # missing or not JSON: written anew
+        saved = None
+    fresh = isinstance(saved, dict) and saved.get("weights") == meta["weights"]
+    if not fresh or not (folder / export.PROGRAM).is_file():
         export.export(run_dir, onnx=False)
-        meta = json.loads((folder / export.META).read_text())
-    return torch.export.load(folder / export.PROGRAM).module(), meta
+    return predictor, meta
 
 
 def read_table(path: Path, inputs: dict) -> tuple[torch.Tensor, list[str]]:
@@ -46,10 +53,12 @@ def read_table(path: Path, inputs: dict) -> tuple[torch.Tensor, list[str]]:
         values = []
         for c in inputs["numeric"]:
             cell = row[where[c]].strip()
+            if cell.lower() in MISSING:
+                raise UserError(f"{path} line {line}: column '{c}' is missing ('{cell}')")
             try:
-                values.append(float(cell))
-            except ValueError:
-                raise UserError(f"{path} line {line}: column '{c}' = '{cell}' is not a number") from None
+                values.append(number(cell))
+            except ValueError as e:
+                raise UserError(f"{path} line {line}: column '{c}' = '{cell}' {e}") from None
         for c, seen in inputs["categorical"].items():
             cell = row[where[c]].strip()
             if cell not in seen:
@@ -77,9 +86,14 @@ def read_image(path: Path, inputs: dict) -> torch.Tensor:
 def read(paths: list[str], inputs: dict) -> tuple[torch.Tensor, list[str]]:
     batches, names = [], []
     for p in map(Path, paths):
+        if p.is_dir():
+            kind = "CSV files" if inputs["kind"] == "table" else "image files"
+            raise UserError(f"{p}: a folder; give the {kind} in it (e.g. {p / '*'})")
         if not p.is_file():
             raise UserError(f"{p}: no such file")
         if inputs["kind"] == "table":
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                raise UserError(f"{p}: an image, but this model takes CSV files (a header naming its feature columns)")
             x, n = read_table(p, inputs)
             batches.append(x)
             names += n
@@ -93,12 +107,12 @@ def read(paths: list[str], inputs: dict) -> tuple[torch.Tensor, list[str]]:
 
 def predict(run_dir, paths: list[str], top_k: int = 3) -> list[dict]:
     """For each row or image: its name and the top-k (class, probability) pairs."""
-    program, meta = load(run_dir)
+    predictor, meta = load(run_dir)
     if not paths:
         raise UserError("give at least one CSV file or image file")
     x, names = read(paths, meta["inputs"])
     with torch.no_grad():
-        probs = torch.cat([program(chunk) for chunk in x.split(256)])
+        probs = torch.cat([predictor(chunk) for chunk in x.split(256)])
     k = min(top_k, probs.shape[1])
     top = probs.topk(k, dim=1)
     classes = meta["classes"]

@@ -19,6 +19,7 @@ from torch import nn
 
 from hpc_dl.dist import env, preflight
 from hpc_dl.errors import CheckpointError, ConfigError
+from hpc_dl.fileio import DiskFullError
 from hpc_dl.train import checkpoint
 
 
@@ -124,15 +125,23 @@ class Strategy:
 
     def save_checkpoint(self, ckpts: checkpoint.CheckpointDir, step: int, extra: dict) -> None:
         state = self.state_dict()  # every rank takes part (needed by sharded strategies)
+        failed = None
         if self.is_main:
-            ckpts.save(step, {**state, **extra})
+            try:
+                ckpts.save(step, {**state, **extra})
+            except DiskFullError as e:  # raised after the barrier, so no rank waits for rank 0 in vain
+                failed = e
         self.barrier()  # no rank runs ahead of a checkpoint it may have to resume from
+        if failed:
+            raise failed
 
-    def load_checkpoint(self, path: Path) -> dict:
-        """Restore model and optimizer state from ``path``; returns the whole checkpoint."""
+    def load_checkpoint(self, path: Path, check=lambda state: None) -> dict:
+        """Restore model and optimizer state from ``path``; returns the whole checkpoint.
+        ``check(state)`` may refuse it first."""
         if Path(path).is_dir():
             raise CheckpointError(f"{path} is a DeepSpeed checkpoint folder; resume it with dist.strategy=deepspeed")
         state = checkpoint.load(path)
+        check(state)
         try:
             self.load_state_dict(state)
         except (KeyError, RuntimeError, ValueError) as e:

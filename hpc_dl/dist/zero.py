@@ -10,10 +10,14 @@ Checkpoints are DeepSpeed's own folders, written under a temporary tag and
 renamed when every rank has finished, so a crash never leaves a half-written
 ``step_N/``. DeepSpeed reads them with ``weights_only=False``; before it does,
 every file is opened with ``weights_only=True`` (plus DeepSpeed's own config
-types), so no checkpoint that carries arbitrary code is ever unpickled.
+types), so no checkpoint that carries arbitrary code is ever unpickled. DeepSpeed
+globs the path it is given (``a[b]`` matches ``ab/``), so it only ever sees the
+checked folder through a link with a plain name (``_checked``).
 """
 
+import contextlib
 import json
+import tempfile
 from pathlib import Path
 
 import torch
@@ -110,18 +114,19 @@ class DeepSpeed(Strategy):
             write_json(final / "ds_config.json", self.config)
         self.barrier()
 
-    def load_checkpoint(self, path: Path) -> dict:
+    def load_checkpoint(self, path: Path, check=lambda state: None) -> dict:
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(f"{path} is not a DeepSpeed checkpoint folder (dist.strategy = 'deepspeed')")
-        check_loadable(path)
-        try:
-            loaded, client_state = self.engine.load_checkpoint(str(path.parent), tag=path.name)
-        except (RuntimeError, KeyError, ValueError, AssertionError) as e:
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"checkpoint {path} does not fit this run's model/optimizer: {first}") from e
+        with _checked(path) as (parent, tag):
+            try:
+                loaded, client_state = self.engine.load_checkpoint(parent, tag=tag)
+            except (RuntimeError, KeyError, ValueError, AssertionError) as e:
+                first = _reason(e, parent, tag, path)
+                raise CheckpointError(f"checkpoint {path} does not fit this run's model/optimizer: {first}") from e
         if loaded is None:
             raise CheckpointError(f"DeepSpeed found no checkpoint in {path}")
+        check(client_state)  # the client state comes with the engine's; checked after DeepSpeed read both
         return client_state
 
     def parameter_fingerprint(self) -> str:
@@ -142,15 +147,39 @@ def _deepspeed_globals() -> list:
     return [ZeroStageEnum, LossScaler, fragment_address]
 
 
-def check_loadable(folder: Path) -> None:
-    """Open every file of a DeepSpeed checkpoint with weights_only=True before DeepSpeed unpickles it."""
+def check_loadable(folder: Path, shown: Path | None = None) -> None:
+    """Open every file of a DeepSpeed checkpoint with weights_only=True before DeepSpeed unpickles it;
+    errors name the file as ``shown / name``."""
     with torch.serialization.safe_globals(_deepspeed_globals()):
         for file in sorted(folder.glob("*.pt")):
             try:
                 torch.load(file, map_location="cpu", weights_only=True)
             except Exception as e:
-                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-                raise CheckpointError(f"checkpoint {file} is corrupt, truncated or not safe to load ({reason})") from e
+                reason = checkpoint.load_error(e)
+                name = (shown or folder) / file.name
+                raise CheckpointError(f"checkpoint {name} is corrupt, truncated or not safe to load ({reason})") from e
+
+
+@contextlib.contextmanager
+def _checked(folder: Path):
+    """(parent, tag) naming ``folder`` for DeepSpeed, with every file in it checked.
+
+    DeepSpeed joins parent and tag and globs the result, so ``ckpt/a[b]`` would make it open
+    ``ckpt/ab/*.pt``, files nobody checked, with weights_only=False. It gets a link with a plain
+    name in a fresh temporary folder instead, and the check opens the files through that link."""
+    with tempfile.TemporaryDirectory(prefix="hpc_dl_ds_") as tmp:
+        if any(c in tmp for c in "*?["):
+            raise CheckpointError(f"the temporary folder {tmp} has glob characters (*?[); set TMPDIR to a plain path")
+        link = Path(tmp) / "checkpoint"
+        link.symlink_to(Path(folder).resolve(), target_is_directory=True)
+        check_loadable(link, shown=folder)
+        yield tmp, link.name
+
+
+def _reason(e: Exception, parent: str, tag: str, folder: Path) -> str:
+    """The first line of DeepSpeed's message, naming the user's folder rather than the link."""
+    text = str(e).strip().replace(str(Path(parent) / tag), str(folder))
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def consolidate(folder: Path, out: Path) -> Path:
@@ -158,7 +187,13 @@ def consolidate(folder: Path, out: Path) -> Path:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     folder = Path(folder)
-    check_loadable(folder)
-    state = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+    with _checked(folder) as (parent, tag):
+        try:
+            state = get_fp32_state_dict_from_zero_checkpoint(parent, tag=tag)
+        except (FileNotFoundError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+            # a folder of other files, or of files that are not DeepSpeed's
+            raise CheckpointError(
+                f"{folder}: not a whole DeepSpeed ZeRO checkpoint ({_reason(e, parent, tag, folder)})"
+            ) from e
     atomic_write(out, lambda f: torch.save({k: v.contiguous() for k, v in state.items()}, f))
     return out

@@ -9,6 +9,8 @@ metrics.jsonl, and a W&B failure never stops training.
 
 import netrc
 import os
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
@@ -24,11 +26,27 @@ def _has_api_key() -> bool:
     """An API key in the environment or in ~/.netrc (where `wandb login` puts it); never read it."""
     if os.environ.get("WANDB_API_KEY"):
         return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    host = urlparse(_base_url()).hostname
     try:
         return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
     except (OSError, netrc.NetrcParseError):
         return False
+
+
+def _base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+
+
+def reachable(url: str, timeout_s: float = 3.0) -> bool:
+    """Does the W&B server answer within a few seconds? Any HTTP answer counts (even 401/404):
+    compute nodes without internet fail here fast instead of stalling wandb.init for a minute."""
+    try:
+        urllib.request.urlopen(url, timeout=timeout_s).close()  # noqa: S310 - the configured W&B server
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def choose_mode(wanted: str) -> tuple[str, str]:
@@ -100,6 +118,8 @@ class WandbRun:
             name=out.name, tags=list(log.wandb_tags) or None, notes=log.wandb_notes, dir=str(out), id=run_id,
             resume="allow", config=run_config,
         )  # fmt: skip
+        if mode == "online" and not reachable(_base_url()):
+            mode, why = "offline", f"{_base_url()} did not answer within 3 s"
         try:
             run = cls._init(wandb, mode, kwargs)
         except Exception as e:  # noqa: BLE001 - no network, bad entity, ...: the run goes on
@@ -108,6 +128,7 @@ class WandbRun:
                 return None
             say(f"W&B: online start failed ({type(e).__name__}: {e}); logging offline instead")
             mode = "offline"
+            wandb.teardown()  # the failed online attempt still holds the run id in W&B's service
             try:
                 run = cls._init(wandb, mode, kwargs)
             except Exception as e2:  # noqa: BLE001
@@ -122,7 +143,10 @@ class WandbRun:
     @staticmethod
     def _init(wandb, mode: str, kwargs: dict):
         # console="off": progress lines stay ours (Slurm logs); W&B still samples system metrics.
-        settings = wandb.Settings(mode=mode, console="off", init_timeout=60, silent=True)
+        # x_disable_meta: W&B's own metadata records every SLURM_* variable (free text such as
+        # SLURM_JOB_COMMENT included) and the command line; the run's config holds our manifest,
+        # which records only named variables.
+        settings = wandb.Settings(mode=mode, console="off", init_timeout=30, silent=True, x_disable_meta=True)
         return wandb.init(settings=settings, **kwargs)
 
     def log(self, record: dict) -> None:

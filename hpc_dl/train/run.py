@@ -11,7 +11,9 @@ Run directory (``log.dir/<run name>``):
   profile/        torch.profiler traces, when log.profile_steps > 0
 """
 
+import contextlib
 import datetime
+import json
 import os
 import sys
 import time
@@ -21,8 +23,8 @@ from hpc_dl import config, data, models
 from hpc_dl.dist import preflight
 from hpc_dl.dist import strategy as strategies
 from hpc_dl.dist.env import named_failures
-from hpc_dl.errors import UserError
-from hpc_dl.fileio import write_json, write_text
+from hpc_dl.errors import JobError, UserError
+from hpc_dl.fileio import DirectoryLock, write_json, write_text
 from hpc_dl.telemetry import flops, manifest, peaks, profiler
 from hpc_dl.telemetry.metrics import MetricsFile, read, throughput
 from hpc_dl.telemetry.plots import plot_curves
@@ -46,7 +48,8 @@ def default_run_name(cfg: config.Config) -> str:
 
 def run_directory(cfg: config.Config, run_dir: str | None) -> Path:
     if run_dir:
-        return Path(run_dir)
+        return _creatable(Path(run_dir), f"--run-dir {run_dir}")
+    _creatable(Path(cfg.log.dir), f"log.dir = '{cfg.log.dir}'")
     if cfg.log.run_name:
         return Path(cfg.log.dir) / cfg.log.run_name
     base = Path(cfg.log.dir) / default_run_name(cfg)
@@ -54,6 +57,19 @@ def run_directory(cfg: config.Config, run_dir: str | None) -> Path:
     while path.exists() and "SLURM_JOB_ID" not in os.environ:  # two runs started in the same second
         n += 1
         path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def _creatable(path: Path, named: str) -> Path:
+    """``path`` if it is, or can be made, a folder we can write in; else the error names the option.
+    Checked on every rank before anything is written (mkdir's 'File exists' names neither)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{named}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{named}: cannot write in {existing} (permission denied)")
     return path
 
 
@@ -95,16 +111,37 @@ def train(cfg: config.Config, run_dir: str | None = None, resume: str | None = N
     """Run one training job; returns the summary on rank 0 and None on the other ranks.
     ``on_step(step)`` is called after every optimizer step (benchmarks time steps with it)."""
     t0 = time.perf_counter()
-    with SignalStop(cfg.train.stop_signals) as stop:  # from the start: a signal during set-up is kept
+    with SignalStop(cfg.train.stop_signals) as stop, contextlib.ExitStack() as held:  # a signal in set-up is kept
         strategy = strategies.build(cfg)
         try:
             with named_failures(strategy.group):
-                return _train(cfg, strategy, run_dir, resume, t0, on_step or (lambda step: None), stop)
+                return _train(cfg, strategy, run_dir, resume, t0, on_step or (lambda step: None), stop, held)
         finally:
             strategy.close()
 
 
-def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, stop: SignalStop) -> dict | None:
+def _claim(out: Path, strategy, held: contextlib.ExitStack) -> None:
+    """Rank 0 locks the run directory for the whole run (a second run into it is refused, naming
+    the holder) and removes what a killed run left half-written; every rank learns the outcome."""
+    problem = None
+    if strategy.is_main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            held.callback(DirectoryLock(out).release)
+            for partial in [p for p in out.glob(".*.tmp-*")] + CheckpointDir(out / "checkpoints", 1).clean_partial():
+                if partial.exists():
+                    partial.unlink()
+                print(f"removed {partial}, left by an interrupted write", file=sys.stderr)
+        except UserError as e:
+            problem = str(e)
+        except OSError as e:
+            problem = f"cannot create the run directory {out} ({e.strerror})"
+    problem = strategy.gather_object(problem)[0]
+    if problem:
+        raise UserError(problem)
+
+
+def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, stop: SignalStop, held) -> dict | None:
     main = strategy.is_main
     checked = None  # the all-reduce bandwidth preflight saw (the slowest rank's), for the summary
     if strategy.world_size > 1 and cfg.dist.preflight:
@@ -127,7 +164,14 @@ def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, st
 
     out = Path(strategy.gather_object(str(run_directory(cfg, run_dir)))[0])  # rank 0 names it for all
     ckpts = CheckpointDir(out / "checkpoints", cfg.checkpoint.keep_last)
+    _claim(out, strategy, held)
     resumed = _resume(trainer, ckpts, resume)
+    if resumed and trainer.step >= trainer.total_steps:  # nothing to train: leave every file as it is
+        if main:
+            print(f"{out} finished at step {trainer.step} of {trainer.total_steps}; nothing to resume", flush=True)
+            done = out / "summary.json"
+            return json.loads(done.read_text()) if done.is_file() else {"run_dir": str(out), "steps": trainer.step}
+        return None
     progress = Progress(trainer.total_steps, trainer.step, cfg.log.progress, enabled=main)
     dashboard = None
     if main:
@@ -205,6 +249,7 @@ def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, st
         "val": {k: v for k, v in results["val"].items() if k not in ("split", "step")},
         "test": {k: v for k, v in results["test"].items() if k not in ("split", "step")},
         "checkpoint": str(ckpts.latest()),
+        "checkpoint_error": trainer.checkpoint_error,
         "parameter_fingerprints": fingerprints,  # one per rank; equal when the replicas agree
     }
     if len(set(fingerprints)) > 1 and strategy.name != "deepspeed":
@@ -215,4 +260,7 @@ def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, st
     plots = plot_curves(read(out / "metrics.jsonl"), out) if cfg.log.plots else []
     if dashboard:
         dashboard.finish(summary, plots, say=print)
+    if trainer.checkpoint_error:  # the results are written; say that the last checkpoint is not
+        raise JobError(f"{trainer.checkpoint_error}; the run finished and wrote {out / 'summary.json'}, "
+                       f"but its newest checkpoint is {summary['checkpoint']}")  # fmt: skip
     return summary

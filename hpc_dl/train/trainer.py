@@ -6,6 +6,8 @@ What differs between one CPU process, DDP and DeepSpeed lives in the strategy
 """
 
 import math
+import socket
+import sys
 import time
 from collections.abc import Callable
 
@@ -17,7 +19,8 @@ from hpc_dl.config import Config, to_dict
 from hpc_dl.data.loader import BatchStream, eval_batches
 from hpc_dl.data.spec import Splits
 from hpc_dl.dist.strategy import Strategy
-from hpc_dl.errors import CheckpointError, ConfigError
+from hpc_dl.errors import CheckpointError, ConfigError, JobError
+from hpc_dl.fileio import DiskFullError
 from hpc_dl.telemetry.timing import StepTimer
 from hpc_dl.train import precision, rng
 from hpc_dl.train.checkpoint import CheckpointDir
@@ -84,12 +87,13 @@ class Trainer:
         self.achievable_tflops: float | None = cfg.log.achievable_tflops
         self.sampler = None  # telemetry.sampler.Sampler, when utilisation is sampled
         self.stop: SignalStop | None = None  # checkpoint and stop when a rank is signalled
+        self.checkpoint_error: str | None = None  # a save that failed for lack of space (the run goes on)
 
     # ----------------------------------------------------------------- loop
     def fit(self, checkpoints: CheckpointDir | None = None, on_step: Callable[[int], None] = lambda s: None) -> dict:
         t, accum, log_every = self.cfg.train, self.cfg.train.grad_accum, self.cfg.log.every
         batches = iter(self.stream)
-        window = _Window(self)
+        window = _Window(self, checkpoints)
         self.model.train()
         while self.step < self.total_steps:
             lr = self.strategy.optimizer.param_groups[0]["lr"]
@@ -100,7 +104,7 @@ class Trainer:
                     logits = self.model(x)
                     loss = self.loss_fn(logits, y)
                 self.strategy.backward(loss / accum)
-                window.add(loss.detach(), self.correct_fn(logits.detach(), y), y)
+                window.add(loss.detach(), self.correct_fn(logits.detach(), y), y, self.step + 1)
                 self.timer.mark("compute")
             window.grad_norm = self.strategy.step(t.grad_clip)
             self.timer.mark("optimizer")
@@ -116,16 +120,19 @@ class Trainer:
                 window.restart_clock()  # throughput counts training only
             saved = checkpoints and self.cfg.checkpoint.every and self.step % self.cfg.checkpoint.every == 0
             if saved and not last:
+                window.check_finite()  # never save weights a non-finite loss has reached
                 self.save(checkpoints)
                 window.restart_clock()
             if self.stop and not last and self.stop.agreed(self.strategy):  # pre-empted: checkpoint, then go
                 if self.step % log_every:
                     self._emit(window.record(lr))
                 if checkpoints and not saved:
+                    window.check_finite()
                     self.save(checkpoints)
-                latest = checkpoints.latest() if checkpoints else None
+                latest = self.checkpoints.latest() if self.checkpoints else None
                 raise Stopped(self.step, self.stop.received or "(another rank's signal)", str(latest))
             self.timer.mark("other")
+        window.check_finite()
         results = {split: self.evaluate(split) for split in ("val", "test")}
         for record in results.values():
             self._emit(record)
@@ -174,18 +181,41 @@ class Trainer:
             "data": self.stream.state_dict(),
             "rng": self.strategy.gather_object(rng.get_state()),
             "world_size": self.strategy.world_size,
+            "total_steps": self.total_steps,
             "config": to_dict(self.cfg),
         }
-        self.strategy.save_checkpoint(checkpoints, self.step, extra)
+        try:
+            self.strategy.save_checkpoint(checkpoints, self.step, extra)
+        except DiskFullError as e:  # keep training: the previous checkpoint is intact
+            self.checkpoint_error = str(e)
+            print(f"warning: {e}; the previous checkpoint is kept ({checkpoints.latest()})", file=sys.stderr)
 
     def load(self, path) -> dict:
-        state = self.strategy.load_checkpoint(path)
+        state = self.strategy.load_checkpoint(path, check=lambda state: _check_resumable(path, state, self.cfg))
         if state["world_size"] != self.strategy.world_size:
             raise CheckpointError(
                 f"checkpoint {path} was written by {state['world_size']} rank(s); resume it with the same "
                 f"world size, not {self.strategy.world_size} (the data order and RNG states are per rank)"
             )
-        self.step = int(state["step"])
+        step = int(state["step"])
+        planned = state.get("total_steps") or _planned_steps(state.get("config"))
+        if planned and self.total_steps != planned:
+            if self.total_steps < planned:
+                raise ConfigError(
+                    f"--resume {path}: this run has {self.total_steps} steps, but the checkpoint's run was planned "
+                    f"for {planned} (it is at step {step}); a shorter run would rewrite a schedule already followed. "
+                    "Resume with the same train.steps/epochs, or start a new run"
+                )
+            schedule = self.strategy.scheduler.lr_lambdas[0]  # the LR schedule is a function of the run length
+            before = schedule(step)
+            schedule.total = self.total_steps
+            print(
+                f"note: resuming at step {step} a run planned for {planned} steps, now {self.total_steps}: the LR "
+                f"schedule is re-planned for {self.total_steps} steps (multiplier at step {step}: {before:.4g} -> "
+                f"{schedule(step):.4g})",
+                file=sys.stderr,
+            )
+        self.step = step
         self.stream.load_state_dict(state["data"])
         rng.set_state(state["rng"][self.strategy.rank])
         return state
@@ -195,17 +225,64 @@ class Trainer:
         return self.stream.epoch + self.stream.batch / self.stream.batches_per_epoch
 
 
+# What may differ between a run and the checkpoint it resumes from: how it is observed, saved,
+# loaded and launched, and where its files are. The rest defines the training itself.
+_FREE_ON_RESUME = ("log.", "checkpoint.", "slurm.", "dist.timeout_s", "dist.preflight", "dist.bucket_mb",
+                   "dist.gradient_as_bucket_view", "dist.static_graph", "train.eval_every", "train.stop_signals",
+                   "train.device", "train.compile", "train.compile_mode", "train.channels_last", "train.deterministic",
+                   "train.grad_clip", "train.steps", "train.epochs", "data.num_workers", "data.persistent_workers",
+                   "data.pin_memory", "data.on_device", "data.eval_batch_size", "data.root", "data.path",
+                   "transfer.weights")  # fmt: skip
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_resumable(path, state: dict, cfg: Config) -> None:
+    """Refuse, before anything is loaded or written, a resume whose config changes what was trained."""
+    if not state.get("config"):
+        return
+    old, new = _flat(state["config"]), _flat(to_dict(cfg))
+    changed = [
+        k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k) and not k.startswith(_FREE_ON_RESUME)
+    ]
+    if changed:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise ConfigError(
+            f"checkpoint {path} does not fit this run: the config changes what it was trained with ({shown}{more}); "
+            "resume with the run's own config.yaml, or start a new run (transfer.weights=RUN starts from its weights)"
+        )
+
+
+def _planned_steps(saved: dict | None) -> int | None:
+    """The run length of a checkpoint written before ``total_steps`` was saved, when its config says."""
+    return ((saved or {}).get("train") or {}).get("steps")
+
+
+class NonFiniteLoss(JobError):
+    """The training loss became NaN or infinite."""
+
+
 class _Window:
     """Training loss and throughput over one logging window, kept on the device
     so the hot loop never waits for it; read (one sync) only when logged."""
 
-    def __init__(self, trainer: Trainer):
-        self.trainer = trainer
+    def __init__(self, trainer: Trainer, checkpoints: CheckpointDir | None = None):
+        self.trainer, self.checkpoints = trainer, checkpoints
         self.grad_norm = torch.zeros(())
         self.reset()
 
     def reset(self):
         self.sums = torch.zeros(3, dtype=torch.float64, device=self.trainer.device)  # loss, correct, targets
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=self.trainer.device)  # step of a NaN/inf loss
         self.restart_clock()
 
     def restart_clock(self):
@@ -213,15 +290,33 @@ class _Window:
         self.t0 = time.perf_counter()
         self.timed_samples = self.timed_targets = 0
 
-    def add(self, loss: torch.Tensor, correct: torch.Tensor, y: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, y: torch.Tensor, step: int) -> None:
+        # Kept on the device (no sync per step); read at log windows and before every checkpoint.
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss), step, self.first_bad)
         self.sums[0] += loss.double() * y.numel()  # loss is a mean over targets (tokens for a LM)
         self.sums[1] += correct
         self.sums[2] += y.numel()
         self.timed_samples += len(y)
         self.timed_targets += y.numel()
 
+    def check_finite(self) -> None:
+        """Stop the run, naming the step and rank, when any rank's loss was NaN or infinite."""
+        tr = self.trainer
+        flag = (self.first_bad >= 0).to(torch.float64).reshape(1)
+        if tr.strategy.all_reduce_sum(flag).item() == 0:
+            return
+        where = tr.strategy.gather_object((int(self.first_bad), socket.gethostname()))
+        step, rank = min((s, r) for r, (s, _) in enumerate(where) if s >= 0)
+        latest = self.checkpoints.latest() if self.checkpoints else None
+        raise NonFiniteLoss(
+            f"the training loss became non-finite at step {step} on rank {rank} ({where[rank][1]}); stopped without "
+            f"saving it. The last good checkpoint is {latest or '(none written)'}. Lower optim.lr, set "
+            "train.grad_clip, use fp32, or look for extreme values in the data"
+        )
+
     def record(self, lr: float) -> dict:
         tr = self.trainer
+        self.check_finite()
         loss_sum, correct, targets = tr.strategy.all_reduce_sum(self.sums).tolist()
         elapsed = time.perf_counter() - self.t0
         record = {

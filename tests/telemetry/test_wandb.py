@@ -127,3 +127,33 @@ def test_flatten_names_metrics_by_split_and_rank():
     record = {"split": "train", "step": 7, "loss": 0.5, "note": "x", "flag": True, "ranks": ranks}
     expected = {"step": 7, "train/loss": 0.5, "ranks/0/gpu_util": 90.0, "ranks/1/gpu_util": 40.0}
     assert wandb_run.flatten(record) == expected
+
+
+@pytest.mark.slow
+def test_api_key_without_network_falls_back_to_offline_and_records_no_free_text_slurm_variable(tmp_path):
+    """A W&B server that accepts connections and never answers (a compute node behind a firewall
+    that drops packets): the run goes offline at once instead of stalling, and keeps its record.
+    W&B's own metadata would record every SLURM_* variable; free-text ones stay out of every file."""
+    import os
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes the handshake; nobody ever reads or answers
+    comment = "free text the user typed into sbatch --comment"
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_SERVICE")}
+    env |= {"WANDB_API_KEY": "k" * 40, "WANDB_BASE_URL": f"http://127.0.0.1:{silent.getsockname()[1]}",
+            "SLURM_JOB_ID": "77", "SLURM_JOB_COMMENT": comment, "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpc_dl", "train", "train.steps=3", "log.plots=false", "--run-dir", str(run)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    silent.close()
+    assert proc.returncode == 0, proc.stderr
+    assert "W&B: offline run" in proc.stdout and "did not answer within 3 s" in proc.stdout
+    summary = inspect(run, summary=True)
+    assert summary["state"] == "finished" and summary["config"]["slurm"]["job_id"] == "77"
+    for path in run.rglob("*"):
+        if path.is_file():
+            assert comment.encode() not in path.read_bytes(), path
