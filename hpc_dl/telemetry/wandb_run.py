@@ -9,6 +9,7 @@ metrics.jsonl, and a W&B failure never stops training.
 
 import netrc
 import os
+import statistics
 import urllib.error
 import urllib.request
 import uuid
@@ -19,7 +20,8 @@ from hpc_dl.config import Config, to_dict
 from hpc_dl.fileio import write_text
 
 STEP = "step"
-SECTIONS = ("train", "val", "test", "ranks")  # metric name prefixes, all plotted against the optimizer step
+SECTIONS = ("train", "val", "perf", "system")  # chart sections, all plotted against the optimizer step
+LAST_STEP = "wandb_step"  # the last step logged, so that a resumed segment never logs a step twice
 
 
 def _has_api_key() -> bool:
@@ -61,16 +63,30 @@ def choose_mode(wanted: str) -> tuple[str, str]:
     return "offline", "no API key configured"
 
 
+# The figures of a training record that describe speed, not learning: their own panel section.
+PERF = ("samples_per_s", "tokens_per_s", "tflops_per_device", "mfu", "mfu_achievable", "peak_tflops", "step_s",
+        "data_s", "compute_s", "optimizer_s", "other_s", "comm_s")  # fmt: skip
+RANK_KEYS_SKIPPED = ("rank", "samples", "throttle_reasons")  # identifiers and bit fields, not quantities
+
+
 def flatten(record: dict) -> dict:
-    """A metrics.jsonl record as W&B keys: <split>/<name>, and ranks/<rank>/<name> per rank."""
+    """A metrics.jsonl record as W&B charts: learning curves under ``train/`` and ``val/``, speed and
+    the step-time breakdown under ``perf/``, and each per-rank quantity as its minimum, median and
+    maximum across ranks under ``system/`` (three charts whatever the rank count; the per-rank
+    detail goes into a table at the end, see ``WandbRun.finish``)."""
     split = record["split"]
     flat = {STEP: record["step"]}
     for key, value in record.items():
         if key == "ranks":
-            for r in value:
-                flat.update({f"ranks/{r['rank']}/{k}": v for k, v in r.items() if _number(v) and k != "rank"})
+            for name in sorted({k for r in value for k in r if k not in RANK_KEYS_SKIPPED}):
+                values = sorted(r[name] for r in value if _number(r.get(name)))
+                if values:
+                    flat[f"system/{name}_min"], flat[f"system/{name}_max"] = values[0], values[-1]
+                    flat[f"system/{name}_median"] = statistics.median(values)
+        elif key in ("gpu_util_min", "gpu_util_max", "cpu_percent_min", "cpu_percent_max"):
+            continue  # the same figures as system/*
         elif key not in ("split", "step") and _number(value):
-            flat[f"{split}/{key}"] = value
+            flat[f"{'perf' if split == 'train' and key in PERF else split}/{key}"] = value
     return flat
 
 
@@ -81,8 +97,12 @@ def _number(value) -> bool:
 class WandbRun:
     """Rank 0's W&B run. ``start`` returns None when W&B is off or could not start."""
 
-    def __init__(self, run, mode: str):
-        self.run, self.mode = run, mode
+    def __init__(self, run, mode: str, out: Path):
+        self.run, self.mode, self.out = run, mode, out
+        last = out / LAST_STEP
+        # W&B drops steps that do not increase; a resumed job redoes the steps after its checkpoint
+        self.logged = int(last.read_text()) if last.is_file() and last.read_text().strip().isdigit() else -1
+        self.ranks: dict[int, dict] = {}  # per-rank sums over the run, for the table at the end
 
     @classmethod
     def start(cls, cfg: Config, out: Path, manifest: dict, say=print) -> "WandbRun | None":
@@ -138,7 +158,7 @@ class WandbRun:
         for section in SECTIONS:
             run.define_metric(f"{section}/*", step_metric=STEP)
         say(f"W&B: {mode} run {run.id} ({why})" + (f", {run.url}" if mode == "online" and run.url else ""))
-        return cls(run, mode)
+        return cls(run, mode, out)
 
     @staticmethod
     def _init(wandb, mode: str, kwargs: dict):
@@ -150,7 +170,21 @@ class WandbRun:
         return wandb.init(settings=settings, **kwargs)
 
     def log(self, record: dict) -> None:
+        for r in record.get("ranks", []):
+            sums = self.ranks.setdefault(r["rank"], {"host": r.get("host"), "windows": 0})
+            sums["windows"] += 1
+            for k, v in r.items():
+                if _number(v) and k not in RANK_KEYS_SKIPPED:
+                    sums[k] = sums.get(k, 0.0) + v
+        if record["split"] == "test":  # one value per run: a summary, not a one-point chart
+            self.run.summary.update({f"test/{k}": v for k, v in record.items() if _number(v) and k != "step"})
+            return
+        if record["step"] <= self.logged and record["split"] == "train":
+            return  # logged by the segment before the resume
         self.run.log(flatten(record))
+        if record["split"] == "train":
+            self.logged = record["step"]
+            (self.out / LAST_STEP).write_text(f"{self.logged}\n")  # no fsync: losing it costs a dropped step
 
     def finish(
         self, summary: dict | None, images: list[Path], exit_code=0, say=print, preempted=False, section="curves"
@@ -170,10 +204,16 @@ class WandbRun:
                 final["final/wall_time_s"] = summary["wall_time_s"]
                 self.run.summary.update(final)
             media = {f"{section}/{p.stem}": wandb.Image(str(p)) for p in images if p.exists()}
+            if self.ranks:  # one row per rank: the means over the run (a chart per rank would not scale)
+                keys = sorted({k for sums in self.ranks.values() for k in sums} - {"host", "windows"})
+                rows = [[r, sums["host"], *[sums.get(k, 0.0) / sums["windows"] for k in keys]]
+                        for r, sums in sorted(self.ranks.items())]  # fmt: skip
+                media["system/ranks"] = wandb.Table(columns=["rank", "host", *keys], data=rows)
             if media:
                 self.run.log(media)
             run_dir = Path(self.run.dir).parent  # .../wandb/<offline-run-...>/files
         finally:
             self.run.finish(exit_code=exit_code)
         if self.mode == "offline":
-            say(f"W&B: offline run in {run_dir}; upload it with: wandb sync {run_dir}")
+            segments = sorted(run_dir.parent.glob("offline-run-*"))  # one per resumed segment, oldest first
+            say(f"W&B: offline run in {run_dir}; upload it with: wandb sync {' '.join(map(str, segments))}")

@@ -56,13 +56,15 @@ def test_offline_run_history_equals_metrics_file(default_run):
     logged = [h for h in history if "train/loss" in h]
     assert [h["step"] for h in logged] == [r["step"] for r in train]
     assert [h["train/loss"] for h in logged] == [r["loss"] for r in train]
-    assert [h["train/data_s"] for h in logged] == [r["data_s"] for r in train]
-    assert all(h["ranks/0/rss_gib"] > 0 for h in logged)  # per-rank host metrics
-    test = [h for h in history if "test/accuracy" in h]
-    assert len(test) == 1 and test[0]["test/accuracy"] == local[-1]["accuracy"]
+    assert [h["perf/data_s"] for h in logged] == [r["data_s"] for r in train]  # speed: its own section
+    assert not [k for h in logged for k in h if k.startswith("train/") and k.endswith(("_s", "_per_s"))]
+    assert all(h["system/rss_gib_min"] > 0 for h in logged)  # per-rank host metrics: min/median/max
+    assert not [k for h in history for k in h if k.startswith("ranks/")]  # no chart per rank
+    assert not [h for h in history if "test/accuracy" in h]  # the test result is a summary, not a chart
+    assert inspect(run_dir, summary=True)["summary"]["test/accuracy"] == local[-1]["accuracy"]
 
     axes = {r["metric"].get("glob_name"): r["metric"].get("step_metric") for r in records if r["type"] == "metric"}
-    assert axes["train/*"] == axes["val/*"] == axes["ranks/*"] == "step"
+    assert axes["train/*"] == axes["val/*"] == axes["perf/*"] == axes["system/*"] == "step"
 
 
 def test_offline_run_has_the_curves_as_images(default_run):
@@ -85,16 +87,26 @@ def test_wandb_off_writes_nothing(cli, tmp_path):
 
 
 def test_resumed_job_continues_the_same_wandb_run(cli, tmp_path):
-    args = [CONFIGS / "breast_cancer_mlp.yaml", "log.every=5", "log.plots=false"]
+    args = [CONFIGS / "breast_cancer_mlp.yaml", "log.every=1", "log.plots=false"]
     env = {"WANDB_MODE": "offline", "SLURM_JOB_ID": "99", "SLURM_RESTART_COUNT": "0"}
-    cli("train", *args, "train.steps=15", "--run-dir", tmp_path / "r", env=env)
+    # Pre-empted after step 12 with a checkpoint at 10: the resumed segment redoes steps 11 and 12.
+    cli("train", *args, "train.steps=30", "checkpoint.every=10", "--run-dir", tmp_path / "r", env=env)
+    (tmp_path / "r" / "checkpoints" / "latest").write_text("step_00000010.pt\n")
+    for late in ("step_00000030.pt", "step_00000030.pt.sha256"):
+        (tmp_path / "r" / "checkpoints" / late).unlink()
+    (tmp_path / "r" / "wandb_step").write_text("12\n")  # segment 1 had logged up to step 12
     restart = {**env, "SLURM_RESTART_COUNT": "1"}
-    cli("train", *args, "train.steps=30", "--run-dir", tmp_path / "r", "--resume", "auto", env=restart)
-    assert len(list((tmp_path / "r" / "wandb").glob("offline-run-*"))) == 2
+    proc = cli("train", *args, "train.steps=30", "--run-dir", tmp_path / "r", "--resume", "auto", env=restart)
+    segments = sorted((tmp_path / "r" / "wandb").glob("offline-run-*"))
+    assert len(segments) == 2
     first, second = (inspect(tmp_path / "r", summary=True, which=i) for i in (0, 1))
     assert first["run_id"] == second["run_id"]
     assert second["config"]["slurm"]["restart_count"] == 1
     assert second["summary"]["final/steps"] == 30
+    steps = [r["history"]["item"]["step"] for r in inspect(tmp_path / "r", summary=False, which=1)
+             if r["type"] == "history" and "train/loss" in r["history"]["item"]]  # fmt: skip
+    assert steps and min(steps) > 12 and steps == sorted(steps)  # no step logged twice into the one run
+    assert f"wandb sync {segments[0]} {segments[1]}" in proc.stdout  # every segment, oldest first
 
 
 @pytest.mark.parametrize(
@@ -122,10 +134,11 @@ def test_mode_choice(monkeypatch, tmp_path, env, netrc, wanted, expected):
     assert wandb_run.choose_mode(wanted)[0] == expected
 
 
-def test_flatten_names_metrics_by_split_and_rank():
-    ranks = [{"rank": 0, "host": "a", "gpu_util": 90.0}, {"rank": 1, "host": "b", "gpu_util": 40.0}]
-    record = {"split": "train", "step": 7, "loss": 0.5, "note": "x", "flag": True, "ranks": ranks}
-    expected = {"step": 7, "train/loss": 0.5, "ranks/0/gpu_util": 90.0, "ranks/1/gpu_util": 40.0}
+def test_flatten_names_metrics_by_section_and_summarises_ranks():
+    ranks = [{"rank": r, "host": "a", "gpu_util": u, "samples": 3} for r, u in enumerate((90.0, 40.0, 70.0))]
+    record = {"split": "train", "step": 7, "loss": 0.5, "step_s": 0.1, "note": "x", "flag": True, "ranks": ranks}
+    expected = {"step": 7, "train/loss": 0.5, "perf/step_s": 0.1, "system/gpu_util_min": 40.0,
+                "system/gpu_util_median": 70.0, "system/gpu_util_max": 90.0}  # fmt: skip
     assert wandb_run.flatten(record) == expected
 
 
