@@ -4,6 +4,7 @@ Slurm writes stdout to a file, where a bar's carriage returns become one huge
 line; there a line every ``log.every`` steps is what a user can ``tail -f``.
 """
 
+import shutil
 import sys
 import time
 
@@ -11,6 +12,11 @@ from tqdm import tqdm
 
 # What a console line shows; metrics.jsonl has everything.
 SHOWN = ("epoch", "loss", "accuracy", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "mfu", "step_s", "samples")
+# The live bar: a fixed-width bar, then as many figures as the terminal has room for, most wanted first
+# (steps per second only on wide terminals: samples per second says more).
+BAR = "{percentage:3.0f}%|{bar:12}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}RATE{postfix}]"
+WIDE = 100
+BAR_FIGURES = (("loss", "loss {}"), ("samples_per_s", "{} samples/s"), ("mfu", "MFU {}"), ("lr", "lr {}"))
 
 
 class Progress:
@@ -19,7 +25,9 @@ class Progress:
             mode = "bar" if sys.stderr.isatty() else "plain"
         self.mode = mode if enabled else "off"
         self.total, self.start, self.t0 = total, start, time.perf_counter()
-        self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True) if self.mode == "bar" else None
+        wide = shutil.get_terminal_size((80, 24)).columns >= WIDE
+        form = BAR.replace("RATE", ", {rate_fmt}" if wide else "")
+        self.bar = tqdm(total=total, initial=start, unit="step", bar_format=form) if self.mode == "bar" else None
 
     def update(self, step: int) -> None:
         if self.bar is not None:
@@ -29,10 +37,23 @@ class Progress:
         """Show a train or eval record."""
         fields = {k: v for k, v in record.items() if k in SHOWN}
         if self.bar is not None and record["split"] == "train":
-            self.bar.set_postfix({k: _fmt(v) for k, v in fields.items() if k in ("loss", "lr", "samples_per_s")})
+            self.bar.set_postfix_str(self._figures(fields), refresh=True)
         elif self.mode != "off":
             self.write(f"{record['split']:<5} step {record['step']}/{self.total} " + self._eta(record) + " ".join(
                 f"| {k} {_fmt(v)}" for k, v in fields.items()))  # fmt: skip
+
+    def _figures(self, fields: dict) -> str:
+        """'loss 0.1234, 1,234 samples/s, ...' cut to what fits beside the bar on this terminal."""
+        meter = self.bar.format_meter(**{**self.bar.format_dict, "postfix": None})
+        room = shutil.get_terminal_size((80, 24)).columns - 3 - len(meter)  # tqdm puts ", " before the figures
+        out = ""
+        for key, form in BAR_FIGURES:
+            if fields.get(key) is not None:
+                part = (", " if out else "") + form.format(_fmt(fields[key]))
+                if len(out) + len(part) > room:
+                    break
+                out += part
+        return out
 
     def _eta(self, record: dict) -> str:
         done = record["step"] - self.start
@@ -46,6 +67,13 @@ class Progress:
             self.bar.write(message, file=sys.stdout)
         elif self.mode != "off":
             print(message, flush=True)
+
+    def note(self, message: str) -> None:
+        """A warning on stderr that does not break the live bar (which tqdm draws on stderr)."""
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -15,7 +15,7 @@ import psutil
 _NVML_WARNED = False
 
 
-def _nvml_handle(index: int, announce: bool):
+def _nvml_handle(index: int, announce):
     global _NVML_WARNED
     try:
         import pynvml
@@ -24,21 +24,23 @@ def _nvml_handle(index: int, announce: bool):
         return pynvml, pynvml.nvmlDeviceGetHandleByIndex(index)
     except Exception as e:  # NVMLError_LibraryNotFound on CPU machines, ImportError without the package
         if announce and not _NVML_WARNED:
-            print(f"GPU utilisation: not available ({type(e).__name__}); host CPU and memory are still sampled",
-                  file=sys.stderr)  # fmt: skip
+            announce(f"GPU utilisation: not available ({type(e).__name__}); host CPU and memory are still sampled")
             _NVML_WARNED = True
         return None, None
 
 
 class Sampler:
-    def __init__(self, rank: int, gpu_index: int | None, interval_s: float = 1.0):
-        """``gpu_index``: the CUDA device this rank uses, or None on a CPU run."""
+    def __init__(self, rank: int, gpu_index: int | None, interval_s: float = 1.0, say=None):
+        """``gpu_index``: the CUDA device this rank uses, or None on a CPU run. ``say`` prints a
+        note (the progress display's writer, so a live bar is not broken by it)."""
+        say = say or (lambda message: print(message, file=sys.stderr))
         self.rank, self.interval = rank, interval_s
         self.process = psutil.Process()
         self.process.cpu_percent()  # the first call only starts the measurement
-        self.nvml, self.handle = _nvml_handle(gpu_index, rank == 0) if gpu_index is not None else (None, None)
-        if gpu_index is None and rank == 0:
-            print("GPU utilisation: not available (a CPU run); host CPU and memory are sampled", file=sys.stderr)
+        announce = say if rank == 0 else None
+        self.nvml, self.handle = _nvml_handle(gpu_index, announce) if gpu_index is not None else (None, None)
+        if gpu_index is None and announce:
+            announce("GPU utilisation: not available (a CPU run); host CPU and memory are sampled")
         self.samples: list[dict] = []
         self.lock = threading.Lock()
         self.stop_event = threading.Event()

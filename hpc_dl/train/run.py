@@ -201,7 +201,7 @@ def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, st
     trainer.observers = [progress.log] + ([metrics.write] if metrics else []) + ([dashboard.log] if dashboard else [])
     if cfg.log.utilisation:
         gpu = strategy.device.index if strategy.device.type == "cuda" else None
-        trainer.sampler = Sampler(strategy.rank, gpu, cfg.log.sample_interval_s)
+        trainer.sampler = Sampler(strategy.rank, gpu, cfg.log.sample_interval_s, say=progress.note)
     log = cfg.log
     trace = profiler.window(log.profile_steps, log.profile_warmup, out / "profile", strategy.rank, strategy.device)
     restart = os.environ.get("SLURM_RESTART_COUNT")

@@ -134,3 +134,34 @@ def test_live_bar_on_a_terminal(tmp_path):
     out = b"".join(chunks).decode(errors="replace")
     assert "\r" in out and "40/40" in out and "step/s" in out
     assert "train step 10/40" not in out  # the bar replaces the plain lines
+
+
+@pytest.mark.slow
+def test_live_bar_fits_80_columns_and_no_note_freezes_it(tmp_path):
+    """At 80 columns the bar keeps its width and the figures that fit; the CPU-run note is written
+    through the bar, so no frozen '0%|' line is left above it."""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    args = [sys.executable, "-m", "hpc_dl", "train", *map(str, QUICK), "--run-dir", str(tmp_path / "r")]
+    env = {**os.environ, "COLUMNS": "80"}
+    proc = subprocess.Popen(args, stdin=terminal, stdout=terminal, stderr=terminal, cwd=ROOT, env=env)
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert proc.wait(timeout=120) == 0
+    out = b"".join(chunks).decode(errors="replace")
+    screens = [s.rstrip("\n") for line in out.replace("\x1b[A", "\n").split("\n") for s in line.split("\r")]
+    bars = [s for s in screens if "|" in s and "/40 [" in s]
+    assert bars and all(len(s) <= 80 for s in bars), max(bars, key=len)
+    assert "|" + "█" * 12 + "|" in bars[-1]  # the bar keeps its width
+    assert "loss " in bars[-1] and "samples/s" in bars[-1]
+    visible = [[seg for seg in line.split("\r") if seg.strip()][-1:] for line in out.split("\n")]  # after the \r
+    frozen = [v for v in visible if v and v[0].strip().startswith("0%|")]
+    assert not frozen, frozen
