@@ -72,13 +72,18 @@ def _buffers(op: str, count: int, n: int, value: float, device, dtype):
     return full(count), torch.empty(count // n, device=device, dtype=dtype)
 
 
+# torch 2.14 renamed these (the old names warn on every rank); the GPU machines' torch 2.11 has only the old ones.
+_ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
 def _launch(op: str, x, out) -> None:
     if op == "all_reduce":
         dist.all_reduce(x)
     elif op == "all_gather":
-        dist.all_gather_into_tensor(out, x)
+        _ALL_GATHER(out, x)
     else:
-        dist.reduce_scatter_tensor(out, x)
+        _REDUCE_SCATTER(out, x)
 
 
 def _correct(op: str, count: int, n: int, rank: int, device) -> bool:

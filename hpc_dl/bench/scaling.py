@@ -258,7 +258,13 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    from hpc_dl.telemetry.plots import plt
+    fig = figure(report)
+    fig.savefig(path)
+    fig.clf()
+
+
+def figure(report: dict):
+    from hpc_dl.telemetry.plots import device_axis, plt
 
     rows = report["points"]
     ok = [r for r in rows if r.get("efficiency") is not None]
@@ -280,14 +286,13 @@ def plot(report: dict, path: Path) -> None:
     right.set_ylabel("scaling efficiency")
     right.set_ylim(bottom=0)
     for ax in (left, right):
-        ax.set_xlabel("devices")
-        ax.set_xscale("log", base=2)
+        device_axis(ax, [(r["devices"], r["nodes"]) for r in rows])
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"{report['mode']} scaling: {report['sweep']}")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    plt.close(fig)  # drawn and saved by the caller; closed here so pyplot keeps no reference
+    return fig
 
 
 def write(report: dict, out: Path) -> list[Path]:

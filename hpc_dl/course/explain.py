@@ -62,7 +62,7 @@ def _tables(predictor, meta, splits, out: Path, samples, background, method, see
 
     if method == "permutation":
         explainer = shap.PermutationExplainer(f, shap.maskers.Independent(bg, max_samples=len(bg)), seed=seed)
-        e = explainer(x)
+        e = explainer(x, silent=True)  # no tqdm bar in Slurm logs
         values, base = e.values, e.base_values
     elif method == "kernel":
         explainer = shap.KernelExplainer(f, bg)

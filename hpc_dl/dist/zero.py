@@ -18,6 +18,7 @@ checked folder through a link with a plain name (``_checked``).
 import contextlib
 import json
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -27,6 +28,10 @@ from hpc_dl.errors import CheckpointError, ConfigError
 from hpc_dl.fileio import atomic_write, write_json
 from hpc_dl.train import checkpoint
 from hpc_dl.train.precision import autocast_dtype
+
+
+# DeepSpeed calls torch's old collective names, which warn on every rank of every run (torch 2.14).
+warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
 
 
 def _merge(base: dict, override: dict) -> dict:

@@ -35,3 +35,13 @@ def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def device_axis(ax, points: list[tuple[int, int]]) -> None:
+    """A log2 x axis of devices whose ticks also say the nodes (a cluster user thinks in nodes):
+    ``points`` are (devices, nodes) pairs; each tick reads '16 GPUs' over '2 nodes'."""
+    ax.set_xscale("log", base=2)
+    ticks = sorted(set(points))
+    ax.set_xticks([d for d, _ in ticks], [f"{d}\n{n} node{'s' if n != 1 else ''}" for d, n in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("devices (nodes)")

@@ -55,6 +55,16 @@ def test_a_failed_smallest_point_moves_the_base_and_stays_in_the_table():
     assert rows[0]["efficiency"] is None and rows[0]["ideal_speedup"] == 0.5
 
 
+def test_scaling_plot_says_nodes_as_well_as_devices():
+    rows = [{"point": f"{n}x8", "nodes": n, "devices": 8 * n, "status": "ok", "samples_per_s": 900.0 * n}
+            for n in (1, 2, 4)]  # fmt: skip
+    report = {"points": rows, "base": scaling.analyse(rows)["point"], "mode": "weak", "sweep": "s"}
+    for ax in scaling.figure(report).axes:
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert labels == ["8\n1 node", "16\n2 nodes", "32\n4 nodes"], labels
+        assert "nodes" in ax.get_xlabel()
+
+
 @pytest.fixture(scope="module")
 def weak_sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "weak-mlp"
