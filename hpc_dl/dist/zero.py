@@ -29,7 +29,6 @@ from hpc_dl.fileio import atomic_write, write_json
 from hpc_dl.train import checkpoint
 from hpc_dl.train.precision import autocast_dtype
 
-
 # DeepSpeed calls torch's old collective names, which warn on every rank of every run (torch 2.14).
 warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
 
