@@ -16,3 +16,14 @@ class CheckpointError(UserError):
 class JobError(Exception):
     """The job failed though its input was fine: a rank died, a collective timed out.
     The CLI prints the message (which names the ranks and hosts) and exits with code 1."""
+
+
+class UnreadableFile(UserError):
+    """A data file that cannot be decoded, found when a sample is loaded. Raised in a DataLoader
+    worker, it reaches the main process rebuilt from the worker's formatted traceback (torch
+    re-raises ``type(e)(text)``): only our message, the traceback's last line, is kept."""
+
+    def __init__(self, message: str):
+        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+            message = message.rstrip().rsplit("\n", 1)[-1].partition(": ")[2]
+        super().__init__(message)

@@ -7,13 +7,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
+from PIL import Image
 from sklearn.datasets import load_digits
 from torch.utils.data import TensorDataset
 from torchvision.transforms import v2
 
 from hpc_dl.data.augment import BatchAugment, sample_transform
 from hpc_dl.data.spec import DataSpec, Splits, Transformed, split_indices, tensor_splits
-from hpc_dl.errors import UserError
+from hpc_dl.errors import UnreadableFile, UserError
 
 
 def digits(cfg) -> Splits:
@@ -41,31 +42,79 @@ def digits(cfg) -> Splits:
 
 
 CIFAR = {
-    # name: (torchvision class, folder, files, mean, std); statistics of the training images
-    "cifar10": (torchvision.datasets.CIFAR10, "cifar-10-batches-py",
-                [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"],
-                (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": (torchvision.datasets.CIFAR100, "cifar-100-python", ["train", "test", "meta"],
+    # name: (folder, (train batches, test batches, meta file), key of the class names, mean, std);
+    # the statistics are those of the training images
+    "cifar10": ("cifar-10-batches-py", ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta"),
+                "label_names", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ("cifar-100-python", (["train"], ["test"], "meta"), "fine_label_names",
                  (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }  # fmt: skip
 
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy.(_)core.multiarray._reconstruct, whatever NumPy calls it
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,  # as NumPy 1 pickled arrays (the official files)
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,  # as NumPy 2 does
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
 
-def _present(cls):
-    """torchvision's CIFAR class without its md5 checks: we check that the files are there,
-    with a better message, and hashing 160 MB at every start of every rank on a shared file
-    system is slow. The batch files are then read by torchvision's own code."""
 
-    def load_meta(self):
-        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
-            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+class _CifarUnpickler(pickle.Unpickler):
+    """The CIFAR files are pickles, and unpickling a global can call any function. The official
+    files hold dicts, lists, strings, numbers (no global needed) and NumPy arrays: only the
+    globals that rebuild an array are admitted."""
 
-    return type(cls.__name__, (cls,), {"_check_integrity": lambda self: True, "_load_meta": load_meta})
+    def __init__(self, f, path: Path):
+        super().__init__(f, encoding="latin1")  # written by Python 2
+        self.path = path
+
+    def find_class(self, module, name):
+        if (module, name) in _CIFAR_GLOBALS:
+            return _CIFAR_GLOBALS[module, name]
+        raise UserError(
+            f"{self.path} holds '{module}.{name}', which the CIFAR format never contains; refusing to unpickle it"
+        )
+
+
+def _unpickle(path: Path, keys: tuple[str, ...]) -> dict:
+    """One CIFAR file: a dict with ``keys`` (a list of names, or the labels and an array of images)."""
+    try:
+        with open(path, "rb") as f:
+            entry = _CifarUnpickler(f, path).load()
+    except UserError:
+        raise
+    except Exception as e:  # truncated, or not a pickle
+        raise UserError(f"{path}: not a CIFAR python file ({type(e).__name__}: {e})") from e
+    missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
+    if missing:
+        raise UserError(f"{path}: not a CIFAR python file (no {', '.join(repr(k) for k in missing)})")
+    return entry
+
+
+def _batches(where: Path, files: list[str], classes: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The images (N x 3 x 32 x 32 uint8) and labels of the batch files."""
+    images, labels = [], []
+    for name in files:
+        path = where / name
+        entry = _unpickle(path, ("data",))
+        x, y = entry["data"], entry.get("labels", entry.get("fine_labels"))  # CIFAR-100 has coarse labels too
+        if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
+            shown = f"{x.dtype} array of shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+            raise UserError(f"{path}: 'data' should be uint8 rows of 3072 values (3 x 32 x 32), not a {shown}")
+        if not isinstance(y, list) or len(y) != len(x) or not all(type(v) is int and 0 <= v < classes for v in y):
+            raise UserError(f"{path}: 'labels' should be a list of {len(x)} class numbers from 0 to {classes - 1}")
+        images.append(x)
+        labels += y
+    return torch.from_numpy(np.concatenate(images).reshape(-1, 3, 32, 32)), np.asarray(labels, dtype=np.int64)
 
 
 def cifar(cfg) -> Splits:
-    cls, folder, files, mean, std = CIFAR[cfg.name]
+    """The official python version, read here rather than by torchvision: its files are unpickled with
+    only NumPy's array globals admitted (see _CifarUnpickler), and not hashed (160 MB at every start of
+    every rank on a shared file system is slow; a missing file is named instead)."""
+    folder, (train_files, test_files, meta), names_key, mean, std = CIFAR[cfg.name]
     where = Path(cfg.root) / folder
+    files = [*train_files, *test_files, meta]
     missing = [f for f in files if not (where / f).is_file()]
     if missing:
         raise UserError(
@@ -73,17 +122,17 @@ def cifar(cfg) -> Splits:
             f"with {', '.join(files)}; missing: {', '.join(missing)}. Download and unpack it on a "
             "machine with internet (https://www.cs.toronto.edu/~kriz/cifar.html), then copy it there"
         )
-    try:
-        train, test = (_present(cls)(cfg.root, train=t, download=False) for t in (True, False))
-    except Exception as e:  # a truncated or foreign pickle
-        raise UserError(f"{where}: cannot read {cfg.name} batch files ({type(e).__name__}: {e})") from e
-    x_train, y_train = torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous(), np.asarray(train.targets)
+    classes = _unpickle(where / meta, (names_key,))[names_key]
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise UserError(f"{where / meta}: '{names_key}' should be a list of class names")
+    x_train, y_train = _batches(where, train_files, len(classes))
+    x_test, y_test = _batches(where, test_files, len(classes))
     tr, va, _ = split_indices(y_train, cfg.val_fraction, 0, cfg.split_seed)
-    spec = DataSpec((3, 32, 32), len(train.classes), list(train.classes), preprocessing={"mean": mean, "std": std})
+    spec = DataSpec((3, 32, 32), len(classes), classes, preprocessing={"mean": mean, "std": std})
     parts = [
         TensorDataset(x_train[tr], torch.as_tensor(y_train[tr])),
         TensorDataset(x_train[va], torch.as_tensor(y_train[va])),
-        TensorDataset(torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(test.targets)),
+        TensorDataset(x_test, torch.as_tensor(y_test)),
     ]
     return _augmented(parts, spec, cfg.augment, mean, std)
 
@@ -103,6 +152,17 @@ def _augmented(parts, spec, aug, mean, std, geometry=(None, None)) -> Splits:
     )
 
 
+def _load_image(path: str):
+    """ImageFolder's loader, naming the file it cannot decode. Checking every file up front would
+    cost minutes on ImageNet on a shared file system, so a bad one is found when first loaded."""
+    try:
+        return torchvision.datasets.folder.pil_loader(path)
+    # PIL reports corrupt data as OSError, SyntaxError, ValueError or EOFError, depending on the decoder.
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise UnreadableFile(f"{path}: not a readable image ({reason}); remove or replace the file") from None
+
+
 def imagefolder(cfg) -> Splits:
     root = Path(cfg.root)
     if not (root / "train").is_dir() or not (root / "val").is_dir():
@@ -113,7 +173,8 @@ def imagefolder(cfg) -> Splits:
         )
     test_dir = root / "test" if (root / "test").is_dir() else root / "val"  # ImageNet has no public test labels
     try:
-        sets = [torchvision.datasets.ImageFolder(str(d)) for d in (root / "train", root / "val", test_dir)]
+        folders = (root / "train", root / "val", test_dir)
+        sets = [torchvision.datasets.ImageFolder(str(d), loader=_load_image) for d in folders]
     except (FileNotFoundError, RuntimeError) as e:
         raise UserError(f"data.root = '{cfg.root}': {e}") from e
     for other in sets[1:]:
@@ -127,4 +188,7 @@ def imagefolder(cfg) -> Splits:
     spec = DataSpec(
         (3, size, size), len(sets[0].classes), sets[0].classes, preprocessing={"mean": cfg.mean, "std": cfg.std}
     )
-    return _augmented(sets, spec, cfg.augment, cfg.mean, cfg.std, geometry)
+    splits = _augmented(sets, spec, cfg.augment, cfg.mean, cfg.std, geometry)
+    if test_dir.name == "val":  # said in the output and the summary: these are not held-out test figures
+        splits.test_source = f"{root / 'val'} (no test/ folder: the test metrics are the validation set's)"
+    return splits

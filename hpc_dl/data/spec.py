@@ -37,6 +37,7 @@ class Splits:
     spec: DataSpec
     # Applied to each batch on the training device, (x, train) -> x: on-device augmentation.
     batch_transform: Callable[[torch.Tensor, bool], torch.Tensor] | None = None
+    test_source: str | None = None  # where the test split came from when it is not a split of its own
 
 
 def split_indices(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int):

@@ -1,6 +1,9 @@
 """Random data for benchmarks, generated once from a seed and held in memory (or on the
 device with data.on_device), so the input pipeline costs nothing next to the model."""
 
+import math
+
+import psutil
 import torch
 from torch.utils.data import TensorDataset
 
@@ -11,6 +14,7 @@ from hpc_dl.errors import ConfigError
 def synthetic(cfg) -> Splits:
     g = torch.Generator().manual_seed(cfg.seed)
     sizes = (cfg.samples, max(1, cfg.samples // 4), max(1, cfg.samples // 4))
+    _check_memory(cfg, sum(sizes))
     if cfg.name == "synthetic_tokens":
         spec = DataSpec((cfg.block_size,), cfg.num_classes, task="lm")
         sets = []
@@ -27,3 +31,26 @@ def synthetic(cfg) -> Splits:
         for n in sizes
     ]
     return Splits(*sets, spec=spec)
+
+
+def _check_memory(cfg, samples: int) -> None:
+    """Fail with the sizes before allocating: torch's own failure is a traceback, and an allocation
+    that fits the address space but not the memory ends in the kernel's OOM killer instead."""
+    if cfg.name == "synthetic_tokens":
+        need = samples * (cfg.block_size + 1) * 8  # int64 ids; inputs and targets are views of one tensor
+    else:
+        need = samples * (math.prod(cfg.shape) * 4 + 8)  # float32 inputs, int64 labels
+    available = psutil.virtual_memory().available
+    other = "data.block_size" if cfg.name == "synthetic_tokens" else "data.shape"
+    if need > available:
+        raise ConfigError(
+            f"data.samples = {cfg.samples}: {cfg.name} would need {_size(need)} of memory for its three splits "
+            f"({samples:,} samples); {_size(available)} is available. Lower data.samples or {other}"
+        )
+
+
+def _size(n: int) -> str:
+    for unit, bits in (("TiB", 40), ("GiB", 30)):
+        if n >= 2**bits:
+            return f"{n / 2**bits:,.1f} {unit}"
+    return f"{n / 2**20:,.1f} MiB"

@@ -1,6 +1,7 @@
 """Tabular data sets: features scaled with statistics of the training split only."""
 
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +38,32 @@ def breast_cancer(cfg) -> Splits:
 MISSING = {"", "na", "n/a", "nan", "null", "none", "?"}
 
 
+def number(cell: str) -> float:
+    """A numeric cell as a float; ValueError saying why not. inf and overflowing values like 1e999
+    are refused: one of them turns the scaler's statistics, and so every prediction, into nan."""
+    try:
+        value = float(cell)
+    except ValueError:
+        raise ValueError("is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError("is not a finite number")
+    return value
+
+
 def read_csv(path: Path, field: str | None = None) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """(header, [(line number, cells), ...]) of a CSV file with a header row; blank lines are skipped.
     ``field``: the config field that named the file, for the message."""
+    where = f"{field} = '{path}'" if field else str(path)
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
+            reader = csv.reader(f)
+            rows = list(reader)
     except OSError as e:
-        where = f"{field} = '{path}'" if field else str(path)
         raise UserError(f"{where}: cannot read the CSV file ({e.strerror})") from None
+    except UnicodeDecodeError:  # e.g. an image or a spreadsheet given by mistake
+        raise UserError(f"{where}: not a CSV file (not UTF-8 text)") from None
+    except csv.Error as e:  # a NUL byte, or a field larger than csv's limit
+        raise UserError(f"{where} line {reader.line_num}: not a CSV file ({e})") from None
     if not rows:
         raise UserError(f"{path}: the file is empty; expected a header row and data rows")
     data = [(line, row) for line, row in enumerate(rows[1:], start=2) if any(cell.strip() for cell in row)]
@@ -78,9 +96,9 @@ def csv_table(cfg) -> Splits:
                 problems.append(f"line {line}: column '{c}' is missing")
                 continue
             try:
-                values.append(float(cell))
-            except ValueError:
-                problems.append(f"line {line}: column '{c}' = '{cell}' is not a number")
+                values.append(number(cell))
+            except ValueError as e:
+                problems.append(f"line {line}: column '{c}' = '{cell}' {e}")
         label = row[where[cfg.target]].strip()
         if label.lower() in MISSING:
             problems.append(f"line {line}: the label column '{cfg.target}' is missing")
@@ -93,7 +111,7 @@ def csv_table(cfg) -> Splits:
     if len(classes) < 2:
         raise UserError(f"data.target = '{cfg.target}': {path} has a single class ({classes[0]!r}); need at least two")
     y = np.array([classes.index(r[2]) for r in records])
-    parts = split_indices(y, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    parts = _split(y, classes, path, cfg)
     x_num = np.array([r[0] for r in records], dtype=np.float64).reshape(len(records), len(numeric))
     shift, scale = fit_scaler(x_num[parts[0]], cfg.scaling)
     blocks, names = [(x_num - shift) / scale], list(numeric)
@@ -111,3 +129,36 @@ def csv_table(cfg) -> Splits:
                        "categories": [n for n in names if n not in numeric]},
     )  # fmt: skip
     return tensor_splits(np.concatenate(blocks, axis=1), y, parts, spec)
+
+
+def _split(y: np.ndarray, classes: list[str], path: Path, cfg):
+    """The stratified split, or what about the file makes it impossible: scikit-learn's own
+    error speaks of groups and members, not of rows and labels."""
+    try:
+        return split_indices(y, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    except ValueError:
+        pass
+    counts = np.bincount(y)
+    numeric = all(_is_number(c) for c in classes)
+    singles = int((counts == 1).sum())
+    if numeric and len(classes) > 10 and singles > len(classes) / 2:  # a measurement, not a label: regression
+        raise UserError(
+            f"data.target = '{cfg.target}': {path} has {len(classes)} distinct values in that column over "
+            f"{len(y)} rows, {singles} of them in a single row. The csv data set is for "
+            "classification (each distinct value is a class, and each class needs rows in the train, val and "
+            "test splits); to predict a number, bin the values into a few classes in a new column and name it here"
+        )
+    rarest = int(counts.argmin())
+    raise UserError(
+        f"{path}: too few rows for the train/val/test split (data.val_fraction = {cfg.val_fraction}, "
+        f"data.test_fraction = {cfg.test_fraction}): {len(y)} data rows, {len(classes)} classes, the rarest "
+        f"('{classes[rarest]}') in {counts[rarest]} row(s); every class needs rows in each split"
+    )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

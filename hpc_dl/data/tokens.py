@@ -36,6 +36,8 @@ def _memmap(path: Path, dtype: str) -> np.ndarray:
     size = np.dtype(dtype).itemsize
     if not path.is_file():
         raise UserError(f"data.path: token file {path} not found")
+    if path.stat().st_size == 0:  # numpy cannot map an empty file
+        raise UserError(f"data.path = '{path}': the token file is empty")
     if path.stat().st_size % size:
         raise UserError(f"{path}: {path.stat().st_size} bytes is not a whole number of {dtype} ids (data.dtype?)")
     return np.memmap(path, dtype=dtype, mode="r")

@@ -189,6 +189,8 @@ def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, st
         f"on {strategy.world_size} x {strategy.device} ({strategy.name}), precision {trainer.dtype or 'fp32'}, "
         f"run dir {out}"
     )
+    if splits.test_source:
+        progress.write(f"note: test split = {splits.test_source}")
     if transferred.get("weights") or transferred["frozen_parameters"]:
         progress.write(
             f"transfer: weights {transferred.get('weights', '(none: random)')}, head '{transferred['head']}' "
@@ -248,6 +250,7 @@ def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, st
         "transfer": transferred,
         "val": {k: v for k, v in results["val"].items() if k not in ("split", "step")},
         "test": {k: v for k, v in results["test"].items() if k not in ("split", "step")},
+        "test_source": splits.test_source,  # None: a held-out split of its own
         "checkpoint": str(ckpts.latest()),
         "checkpoint_error": trainer.checkpoint_error,
         "parameter_fingerprints": fingerprints,  # one per rank; equal when the replicas agree

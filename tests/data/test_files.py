@@ -2,6 +2,7 @@
 
 import json
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -92,6 +93,10 @@ def test_imagefolder_tree_of_pngs(tmp_path):
     x, y = splits.val[4]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 1
     assert x[1].mean() > x[0].mean()  # a "dog" is green: the channels were not shuffled
+    assert "no test/ folder" in splits.test_source
+    (tmp_path / "val").rename(tmp_path / "test")
+    shutil.copytree(tmp_path / "test", tmp_path / "val")
+    assert data.build(cfg).test_source is None  # a real test/ split
 
 
 def test_imagefolder_errors_name_the_folder(tmp_path):
@@ -109,7 +114,9 @@ def test_imagefolder_trains_a_few_steps(tmp_path):
     run_cli("train", "data.name=imagefolder", f"data.root={tmp_path / 'tree'}", "data.image_size=32",
             "data.batch_size=4", "data.augment.color_jitter=0.2", "train.steps=3", "model.name=resnet18",
             "model.small_input=true", "--run-dir", tmp_path / "run")  # fmt: skip
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["test"]["samples"] == 6
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test"]["samples"] == 6
+    assert "no test/ folder" in summary["test_source"]  # the tree has no test/: said, not silently val/
 
 
 GOOD_CSV = """age,colour,income,label
