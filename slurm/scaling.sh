@@ -21,6 +21,20 @@ read -r -a POINTS <<< "$2"
 shift 2
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 GPUS_PER_NODE=${GPUS_PER_NODE:-4}
+
+# Numbers reach $(( )) here or in train.sbatch, where bash evaluates a value such as
+# 'x[$(cmd)]' (and runs cmd): check them all before any arithmetic.
+integer() {  # NAME VALUE MIN
+    [[ $2 =~ ^(0|[1-9][0-9]{0,17})$ ]] && [ "$2" -ge "$3" ] && return
+    echo "scaling.sh: $1 must be an integer >= $3, got '$2'" >&2
+    exit 2
+}
+[ ${#POINTS[@]} -gt 0 ] || integer NODES "" 1
+for NODES in "${POINTS[@]}"; do integer NODES "$NODES" 1; done
+integer GPUS_PER_NODE "$GPUS_PER_NODE" 0
+for NAME in NPROC_PER_NODE BATCH GLOBAL_BATCH; do
+    [ -z "${!NAME:-}" ] || integer "$NAME" "${!NAME}" 1
+done
 PER_NODE=$(( GPUS_PER_NODE > 0 ? GPUS_PER_NODE : 1 ))
 SWEEP=${SWEEP:-$MODE-$(date +%Y%m%d-%H%M%S)}
 read -r -a EXTRA <<< "${SBATCH_ARGS:-}"
