@@ -4,6 +4,7 @@
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -25,23 +26,46 @@ examples:
 """
 
 
+CLASSES_HELP = "data.name=imagefolder without the data here: the number of classes (else its train/ folders)"
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="YAML config file (default: the embedded default)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=3e-4")
+    p.add_argument("config", nargs="?", help="YAML config file or a shipped config's name (default: the embedded "
+                   "default)")  # fmt: skip
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=3e-4; they "
+                   "may stand anywhere on the line")  # fmt: skip
 
 
-def _split_config(args) -> tuple[str | None, list[str]]:
-    # `hpc-dl train optim.lr=1` has an override but no file: argparse put it in `config`.
-    if args.config and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
-        return None, [args.config, *args.overrides]
-    return args.config, args.overrides
+OVERRIDE = re.compile(r"[A-Za-z_][\w.-]*=")
+
+
+def _is_override(token: str) -> bool:
+    return bool(OVERRIDE.match(token)) and not Path(token).is_file()  # a file named a=b.yaml is a config
+
+
+def _config_and_overrides(args, leftovers: list[str]) -> None:
+    """Overrides may stand anywhere on the line. argparse gives only the positionals before the first
+    option to config/overrides and leaves the later ones over; here every key=value token is an
+    override, in the order given, and the one other token is the config. Anything else is an error
+    shown with the subcommand's usage."""
+    here = args.command_parser
+    unknown = [t for t in leftovers if t.startswith("-")]
+    if unknown or (leftovers and not hasattr(args, "overrides")):
+        here.error(f"unrecognized argument '{(unknown or leftovers)[0]}'")
+    if not hasattr(args, "overrides"):
+        return
+    tokens = [t for t in (args.config, *args.overrides, *leftovers) if t is not None]
+    others = [t for t in tokens if not _is_override(t)]
+    if len(others) > 1:
+        here.error(f"unrecognized argument '{others[1]}': give one CONFIG and key=value overrides")
+    args.config, args.overrides = (others or [None])[0], [t for t in tokens if _is_override(t)]
 
 
 def cmd_train(args) -> int:
     from hpc_dl import config
     from hpc_dl.train.run import train
 
-    path, overrides = _split_config(args)
+    path, overrides = args.config, args.overrides
     cfg = config.load(path, overrides)
     summary = train(cfg, run_dir=args.run_dir, resume=args.resume)
     if summary is None:  # not rank 0
@@ -60,13 +84,14 @@ def cmd_train(args) -> int:
 def cmd_submit(args) -> int:
     from hpc_dl.launch.submit import submit
 
-    path, overrides = _split_config(args)
+    path, overrides = args.config, args.overrides
     flags = {k: getattr(args, k) for k in _slurm_flags()}
     return submit(path, overrides, flags, args.run_dir, local=args.local, dry_run=args.dry_run, wait=args.wait)
 
 
 def _slurm_flags() -> dict:
-    """One --flag per field of the config's slurm section: {name: (type, help)}."""
+    """One --flag per field of the config's slurm section: {name: (type, help)}; a list field's
+    flag may be given several times."""
     import dataclasses
     import typing
 
@@ -83,7 +108,7 @@ def _slurm_flags() -> dict:
 def cmd_config(args) -> int:
     from hpc_dl import config
 
-    path, overrides = _split_config(args)
+    path, overrides = args.config, args.overrides
     print(config.to_yaml(config.load(path, overrides)), end="")
     return 0
 
@@ -192,9 +217,9 @@ def cmd_flops(args) -> int:
     from hpc_dl import config, data
     from hpc_dl.telemetry import flops
 
-    path, overrides = _split_config(args)
+    path, overrides = args.config, args.overrides
     cfg = config.load(path, overrides)
-    spec = data.build(cfg.data).spec
+    spec = data.shape_spec(cfg.data, args.classes)
     counted = flops.count(cfg.model, spec, cfg.data.batch_size)
     print(flops.format_table(cfg.model.name, counted, flops.parameters_by_module(cfg.model, spec), cfg.log.peak_tflops))
     if cfg.model.name == "gpt":
@@ -228,7 +253,7 @@ def cmd_bench_scaling(args) -> int:
     from hpc_dl import config
     from hpc_dl.bench import scaling
 
-    path, overrides = _split_config(args)
+    path, overrides = args.config, args.overrides
     points = scaling.parse_points(args.points, args.procs_per_node)
     if args.out:
         out = Path(args.out)
@@ -247,17 +272,22 @@ def cmd_bench_scaling(args) -> int:
 
 
 def cmd_bench_project(args) -> int:
+    import datetime
+
     from hpc_dl import config, data
     from hpc_dl.bench import project, scaling
     from hpc_dl.fileio import write_json
     from hpc_dl.telemetry import flops, peaks
 
+    if args.mfu is not None and not 0 < args.mfu <= 1:
+        hint = f"; give {args.mfu / 100:.4g} for {args.mfu:g} %" if 1 < args.mfu <= 100 else ""
+        raise UserError(f"--mfu {args.mfu:g}: MFU is a fraction in (0, 1]{hint}")
     measured = json.loads(Path(args.measured).read_text()) if args.measured else None
-    path, overrides = _split_config(args)
+    path, overrides = args.config, args.overrides
     if measured and not path and not overrides:  # the sweep's own config
         path, overrides = measured["config"], measured["overrides"]
     cfg = config.load(path, overrides)
-    spec = data.build(cfg.data).spec
+    spec = data.shape_spec(cfg.data, args.classes)
     per_sample = flops.count(cfg.model, spec, cfg.data.batch_size).per_sample
     params = flops.parameters_by_module(cfg.model, spec)[""]
     if measured:
@@ -294,15 +324,14 @@ def cmd_bench_project(args) -> int:
     nodes = scaling.parse_points(args.nodes, procs)
     if not measured and not args.global_batch:  # strong: data.batch_size per device at the smallest point
         w.base_devices = nodes[0].devices
-    intra, inter = project.parse_link(args.intra), project.parse_link(args.inter)
+    intra, inter = project.parse_link(args.intra, args.gpu, procs), project.parse_link(args.inter)
     result = project.result(w, nodes, intra, inter, args.algorithm, measured["points"] if measured else [])
     print(project.format_table(result))
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "projection.json", result)
-        project.plot(result, out / "projection.png")
-        print(f"wrote {out}/projection.json, {out}/projection.png")
+    out = Path(args.out or Path(cfg.log.dir) / f"projection-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "projection.json", result)
+    project.plot(result, out / "projection.png")
+    print(f"wrote {out}/projection.json, {out}/projection.png")
     return 0
 
 
@@ -409,8 +438,11 @@ def parser() -> argparse.ArgumentParser:
         "section; these flags win over it.",
     )
     _add_config_args(sb)
+    from hpc_dl.config import SlurmConfig
+
     for name, (kind, text) in _slurm_flags().items():
-        sb.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=f"{text} (slurm.{name})")
+        many = {"action": "append"} if isinstance(getattr(SlurmConfig(), name), list) else {}
+        sb.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=f"{text} (slurm.{name})", **many)
     sb.add_argument("--run-dir", help="run directory (default: log.dir/<data>-<model>-job<id>)")
     sb.add_argument("--wait", action="store_true", help="follow the job's log; exit with its status")
     sb.add_argument("--dry-run", action="store_true", help="print the sbatch script instead of submitting")
@@ -447,8 +479,10 @@ def parser() -> argparse.ArgumentParser:
     co.add_argument("--out", help="output file (default: <run dir>/model_fp32.pt)")
     co.set_defaults(func=cmd_consolidate)
 
-    fl = sub.add_parser("flops", help="FLOPs of one training step, per module", description="Count model FLOPs.")
+    fl = sub.add_parser("flops", help="FLOPs of one training step, per module", description="Count model FLOPs "
+                        "from the shapes; the data need not be here.")  # fmt: skip
     _add_config_args(fl)
+    fl.add_argument("--classes", type=int, help=CLASSES_HELP)
     fl.set_defaults(func=cmd_flops)
 
     bench = sub.add_parser("bench", help="microbenchmarks").add_subparsers(dest="bench", metavar="BENCH", required=True)
@@ -509,7 +543,7 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--measured", help="scaling.json of a sweep: overlay its points; its config and base rate")
     pr.add_argument("--nodes", default=",".join(str(2**i) for i in range(11)), help="node counts (default 1..1024)")
     pr.add_argument("--gpus-per-node", type=int, help="devices per node (default 8, or the sweep's)")
-    pr.add_argument("--mfu", type=float, help="MFU as a fraction, with the peak of --gpu/--dtype")
+    pr.add_argument("--mfu", type=float, help="MFU as a fraction in (0, 1], e.g. 0.4, with the peak of --gpu/--dtype")
     pr.add_argument("--gpu", default="H100 SXM", help="GPU model for the peak (default H100 SXM)")
     pr.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "tf32", "fp32"])
     pr.add_argument("--peak-tflops", type=float, help="peak TFLOP/s per device, instead of --gpu")
@@ -522,7 +556,8 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--mode", choices=["weak", "strong"], help="default: the sweep's, else weak")
     pr.add_argument("--global-batch", type=int, help="strong: the fixed global batch")
     pr.add_argument("--bytes-per-grad", type=int, default=4, help="bytes per gradient element (fp32: 4)")
-    pr.add_argument("--out", help="folder for projection.json and projection.png")
+    pr.add_argument("--classes", type=int, help=CLASSES_HELP)
+    pr.add_argument("--out", help="folder for projection.json and projection.png (default: log.dir/projection-<time>)")
     pr.set_defaults(func=cmd_bench_project)
 
     demo = sub.add_parser("demo", help="teaching demos").add_subparsers(dest="demo", metavar="DEMO", required=True)
@@ -582,6 +617,9 @@ def parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="print the environment report", description="Versions, devices, Slurm.")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=cmd_info)
+    for choices in (sub.choices, bench.choices, demo.choices):  # errors show the subcommand's own usage
+        for command in choices.values():
+            command.set_defaults(command_parser=command)
     return p
 
 
@@ -607,10 +645,14 @@ def _say(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parser().parse_args(argv)
+    p = parser()
+    args, leftovers = p.parse_known_args(argv)
     if not args.command:  # `hpc-dl` alone: show what it can do
-        parser().print_help()
+        if leftovers:
+            p.error(f"unrecognized argument '{leftovers[0]}'")
+        p.print_help()
         return 0
+    _config_and_overrides(args, leftovers)
     try:
         code = args.func(args)
     except (UserError, JobError) as e:

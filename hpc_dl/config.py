@@ -26,11 +26,34 @@ import yaml
 from hpc_dl.errors import ConfigError
 
 
-def _opt(default: Any, help: str, **bounds: float) -> Any:
-    """A field with a help text and numeric bounds (gt, ge, lt, le)."""
+def _opt(default: Any, help: str, **meta: Any) -> Any:
+    """A field with a help text, numeric bounds (gt, ge, lt, le) and script=True for a value written
+    into a batch script (see _script_safe)."""
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **bounds})
-    return field(default=default, metadata={"help": help, **bounds})
+        return field(default_factory=lambda: list(default), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _script_safe(section: Any, name: str) -> None:
+    """Refuse control characters in the section's script=True fields, which submitit writes into the
+    batch script (#SBATCH lines, paths on the srun line): a newline ends the #SBATCH comment and makes
+    the rest a command. Run by the section itself, so a config file, an override and `hpc-dl submit`'s
+    flags (which build the section directly) are all checked."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if not f.metadata.get("script") or value is None:
+            continue
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]  # a list: each line on its own
+        for i, item in items:
+            if _CONTROL.search(str(item)):
+                key = f"{name}.{f.name}" + ("" if i is None else f"[{i}]")
+                raise ConfigError(
+                    f"{key} = {str(item)!r}: control characters are not allowed in a value written "
+                    "into the batch script"
+                )
 
 
 # --------------------------------------------------------------------- models
@@ -264,7 +287,7 @@ class CheckpointConfig:
 
 @dataclass
 class LogConfig:
-    dir: str = _opt("runs", "parent folder of run directories")
+    dir: str = _opt("runs", "parent folder of run directories", script=True)  # bench scaling's Slurm logs
     run_name: str | None = _opt(None, "run directory name; default <data>-<model>-<time or job id>")
     every: int = _opt(10, "steps between metrics records and plain progress lines", ge=1)
     progress: Literal["auto", "bar", "plain", "off"] = _opt(
@@ -287,6 +310,9 @@ class LogConfig:
     wandb_job_type: str = _opt("train", "W&B job type")
     wandb_tags: list[str] = _opt([], "W&B tags")
     wandb_notes: str | None = _opt(None, "W&B notes")
+
+    def __post_init__(self):
+        _script_safe(self, "log")
 
 
 @dataclass
@@ -311,13 +337,27 @@ class SlurmConfig:
     cpus_per_task: int = _opt(8, "CPUs per process (data-loading workers and threads)", ge=1)
     mem_gb: float | None = _opt(None, "memory per node in GB; null: the partition's default", gt=0)
     time_min: int = _opt(60, "time limit in minutes", ge=1)
-    partition: str | None = _opt(None, "partition")
-    account: str | None = _opt(None, "account (project) charged")
-    qos: str | None = _opt(None, "quality of service")
-    constraint: str | None = _opt(None, "node features, e.g. h100")
+    partition: str | None = _opt(None, "partition", script=True)
+    account: str | None = _opt(None, "account (project) charged", script=True)
+    qos: str | None = _opt(None, "quality of service", script=True)
+    constraint: str | None = _opt(None, "node features, e.g. h100", script=True)
     signal_delay_s: int = _opt(120, "seconds before the time limit that the job is warned, to checkpoint", ge=0)
     max_restarts: int = _opt(20, "requeues after pre-emption or the time limit", ge=0)
-    folder: str = _opt("slurm_logs/%j", "submitit's folder for logs and job pickles (%j: the job id)")
+    folder: str = _opt("slurm_logs/%j", "submitit's folder for logs and job pickles (%j: the job id)", script=True)
+    gres: str | None = _opt(
+        None, "generic resources per node, e.g. gpu:4 where a site counts GPUs as GRES (instead of gpus_per_node)",
+        script=True,
+    )  # fmt: skip
+    setup: list[str] = _opt(
+        [], "shell lines the batch script runs before srun, e.g. 'module load CUDA' or 'export NCCL_IB_HCA=mlx5'",
+        script=True,
+    )  # fmt: skip
+    container: str | None = _opt(None, "an Apptainer image every task runs in (apptainer exec --nv)", script=True)
+    bind: list[str] = _opt([], "folders bound into the container besides submitit's folder and log.dir", script=True)
+    wckey: str | None = _opt(None, "workload characterisation key (--wckey); none unless given", script=True)
+
+    def __post_init__(self):
+        _script_safe(self, "slurm")
 
 
 @dataclass
@@ -334,8 +374,31 @@ class Config:
 
 
 # ------------------------------------------------------------------- loading
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping: PyYAML would silently keep the last."""
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false, so `progress: off` stays the string 'off'."""
+    """YAML 1.2 booleans: only true/false, so `progress: off` stays the string 'off'.
+    A key given twice in one mapping is an error (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    earlier = first.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: the base class names it
+                    continue
+                if earlier is not key_node:
+                    line = earlier.start_mark.line + 1
+                    raise DuplicateKeyError(
+                        None, None, f"duplicate key '{key}'", key_node.start_mark, f"first given at line {line}"
+                    )
+        return super().construct_mapping(node, deep)
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -353,12 +416,13 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     source = "the embedded default"
     if path is not None:
         source = str(path)
-        tree = _read_yaml(Path(path))
+        tree = _read_yaml(find(path))
     origins = {}
     for item in overrides:
         key, value = _parse_override(item)
         _set_dotted(tree, key, value, item)
         origins[key] = f"override '{item}'"
+    _drop_other_variants_keys(tree, origins)
     # Run length is steps or epochs: giving one replaces the other, unless both are given at one level.
     train = tree.get("train")
     if isinstance(train, dict):
@@ -371,6 +435,48 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     return cfg
 
 
+SHIPPED = Path(__file__).parent / "configs"  # package data; the checkout's configs/ links here
+
+
+def shipped() -> list[str]:
+    """Names of the configs that come with hpc_dl."""
+    return sorted(p.stem for p in SHIPPED.glob("*.yaml"))
+
+
+def find(path: str | Path) -> Path:
+    """The config file at ``path``, else the shipped config it names: ``digits_lenet5``,
+    ``digits_lenet5.yaml`` or the README's ``configs/digits_lenet5.yaml`` work from any directory,
+    also from an installed package, which has no configs/ folder."""
+    given = Path(path)
+    if given.exists() or given.parent not in (Path("."), Path("configs")) or given.suffix not in ("", ".yaml"):
+        return given  # _read_yaml names a missing file
+    if (SHIPPED / f"{given.stem}.yaml").is_file():
+        return SHIPPED / f"{given.stem}.yaml"
+    names = shipped()
+    close = difflib.get_close_matches(given.stem, names, n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ConfigError(f"config file not found: {path}, nor a shipped config{hint}; shipped: {', '.join(names)}")
+
+
+def _drop_other_variants_keys(tree: dict, origins: dict[str, str]) -> None:
+    """An override that picks another variant (data.name=synthetic_images on a CIFAR file) drops the
+    file's keys the new variant does not have (data.root): the file wrote them for its own variant.
+    A key given by an override stays, and the builder reports it."""
+    hints = typing.get_type_hints(Config)
+    for section, tp in hints.items():
+        node, variants = tree.get(section), _dataclass_variants(tp)
+        if len(variants) < 2 or f"{section}.name" not in origins or not isinstance(node, dict):
+            continue
+        names = {n: v for v in variants for n in typing.get_args(typing.get_type_hints(v)["name"])}
+        new = names.get(node.get("name"))
+        if new is None:
+            continue  # the builder names the bad choice
+        keep = {f.name for f in dataclasses.fields(new)}
+        for key in [k for k in node if k not in keep]:
+            if not any(_related(f"{section}.{key}", given) for given in origins):
+                del node[key]
+
+
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -381,20 +487,24 @@ def to_yaml(cfg: Config) -> str:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:  # e.g. an image or a checkpoint given by mistake
+        raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8); a config is a YAML file") from None
     try:
         tree = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if isinstance(e, DuplicateKeyError):
+            raise ConfigError(f"{path}: {problem}{where} ({e.note})") from None
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
-    if tree is None:
-        return {}
+    if tree is None:  # silently running the embedded default instead would hide the mistake
+        raise ConfigError(f"{path}: the file is empty (or only comments); give the sections to set, e.g. 'train:'")
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {_kind(tree)}")
     return tree

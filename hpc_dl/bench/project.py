@@ -31,6 +31,7 @@ from pathlib import Path
 
 from hpc_dl.bench.scaling import Point, speedup_efficiency
 from hpc_dl.errors import UserError
+from hpc_dl.telemetry.peaks import gpu_model
 
 BACKWARD_SHARE = 2 / 3  # backward is about twice the forward's FLOPs
 
@@ -50,6 +51,22 @@ LINKS = {
     "hdr": Link(23.0, 5.0, "InfiniBand HDR 200 Gb/s, one NIC per GPU, ~23 GB/s"),
     "tcp": Link(5.0, 30.0, "NCCL over TCP sockets (IB libraries missing), ~5 GB/s"),
 }
+
+
+# Within a node the figures depend on the GPU: its NVLink generation and NCCL's ring all-reduce busbw
+# on 8 of them (DGX reports); `nvlink` picks the row of --gpu (a telemetry.peaks row).
+NVLINK = {"H100 SXM": (4, 370.0), "H200": (4, 370.0), "A100": (3, 230.0)}
+
+
+def nvlink(gpu: str, per_node: int) -> Link:
+    """The `nvlink` preset for ``per_node`` GPUs of model ``gpu``, labelled with both."""
+    row = gpu_model(gpu)
+    if row not in NVLINK:
+        base = LINKS["nvlink"]
+        return Link(base.busbw_gbs, base.latency_us, f"{per_node}x {gpu}: no NVLink figures for '{gpu}', those "
+                    "of H100 SXM NVLink 4 assumed; measure yours with `hpc-dl bench allreduce`")  # fmt: skip
+    generation, busbw = NVLINK[row]
+    return Link(busbw, 2.0, f"{per_node}x {gpu}, NVLink {generation}, NCCL ring all-reduce busbw ~{busbw:g} GB/s")
 
 
 def ring_s(size: float, n: int, link: Link) -> float:
@@ -110,8 +127,11 @@ def project(w: Workload, points: list[Point], intra: Link, inter: Link, algorith
 
 
 # ------------------------------------------------------------------ inputs
-def parse_link(text: str) -> Link:
-    """A preset name, 'BUSBW_GBS:LATENCY_US', or a collectives.json from `hpc-dl bench allreduce`."""
+def parse_link(text: str, gpu: str = "H100 SXM", per_node: int = 8) -> Link:
+    """A preset name, 'BUSBW_GBS:LATENCY_US', or a collectives.json from `hpc-dl bench allreduce`.
+    ``nvlink`` is for ``per_node`` GPUs of model ``gpu``."""
+    if text == "nvlink":
+        return nvlink(gpu, per_node)
     if text in LINKS:
         return LINKS[text]
     if Path(text).is_file():

@@ -7,6 +7,7 @@ import pytest
 
 from hpc_dl.bench import project
 from hpc_dl.bench.scaling import Point
+from tests.conftest import ROOT, run_cli
 
 NVLINK = project.Link(400.0, 0.0)
 IB = project.Link(50.0, 10.0)
@@ -83,3 +84,27 @@ def test_links_from_presets_numbers_and_a_measurement():
     assert link.busbw_gbs == 1.7 and link.latency_us == 60.0 / 6  # 2(n-1) ring steps
     with pytest.raises(Exception, match="link 'fast'"):
         project.parse_link("fast")
+
+
+# --------------------------------------------------- the command line (issue 14)
+def test_mfu_is_a_fraction(tmp_path):
+    proc = run_cli("bench", "project", "configs/digits_cnn.yaml", "--mfu", "40", cwd=ROOT, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: --mfu 40: MFU is a fraction in (0, 1]; give 0.4 for 40 %"), proc.stderr
+
+
+def test_nvlink_label_follows_the_gpu_and_its_count():
+    a100 = project.nvlink("A100 64GB", 4)
+    assert a100.source.startswith("4x A100 64GB, NVLink 3") and a100.busbw_gbs < project.nvlink("H100 SXM", 8).busbw_gbs
+    assert project.nvlink("H100 SXM", 8).source.startswith("8x H100 SXM, NVLink 4")
+    assert "no NVLink figures for 'MI250X'" in project.nvlink("MI250X", 8).source
+
+
+def test_the_projection_is_plotted_without_out(tmp_path):
+    proc = run_cli("bench", "project", ROOT / "configs/digits_cnn.yaml", "--mfu", "0.4", "--gpu", "A100 64GB",
+                   "--gpus-per-node", "4", "--nodes", "1,2", cwd=tmp_path, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (folder,) = (tmp_path / "runs").glob("projection-*")
+    assert (folder / "projection.png").stat().st_size > 0 and (folder / "projection.json").is_file()
+    assert f"wrote {folder.relative_to(tmp_path)}/projection.json" in proc.stdout
+    assert "(4x A100 64GB, NVLink 3" in proc.stdout
