@@ -238,7 +238,13 @@ def format_table(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    from hpc_dl.telemetry.plots import plt
+    fig = figure(result)
+    fig.savefig(path)
+    fig.clf()
+
+
+def figure(result: dict):
+    from hpc_dl.telemetry.plots import device_axis, plt
 
     rows = result["rows"]
     devices = [r["devices"] for r in rows]
@@ -255,15 +261,14 @@ def plot(result: dict, path: Path) -> None:
                     labels=["compute", "exposed all-reduce"])  # fmt: skip
     right.set_ylabel("ms per step")
     for ax in (left, right):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("devices")
+        device_axis(ax, [(r["devices"], r["nodes"]) for r in rows])
         ax.grid(alpha=0.3)
         ax.legend()
     w = result["workload"]
     fig.suptitle(f"{w['mode']} scaling projection ({result['algorithm']} all-reduce, overlap {w['overlap']:.2f})")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    plt.close(fig)  # saved by the caller
+    return fig
 
 
 def result(w: Workload, points, intra: Link, inter: Link, algorithm: str, measured: list[dict]) -> dict:

@@ -1,6 +1,7 @@
 """The scaling cost model: a worked example done by hand, and the monotonicity it must have."""
 
 import itertools
+import json
 import math
 
 import pytest
@@ -108,3 +109,13 @@ def test_the_projection_is_plotted_without_out(tmp_path):
     assert (folder / "projection.png").stat().st_size > 0 and (folder / "projection.json").is_file()
     assert f"wrote {folder.relative_to(tmp_path)}/projection.json" in proc.stdout
     assert "(4x A100 64GB, NVLink 3" in proc.stdout
+
+
+def test_projection_plot_says_nodes_as_well_as_devices(tmp_path):
+    proc = run_cli("bench", "project", ROOT / "configs/digits_cnn.yaml", "--mfu", "0.4", "--gpu", "H100 SXM",
+                   "--gpus-per-node", "4", "--nodes", "1,2,8", "--out", tmp_path, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "projection.json").read_text())
+    for ax in project.figure(result).axes:
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert labels == ["4\n1 node", "8\n2 nodes", "32\n8 nodes"], labels
