@@ -191,12 +191,7 @@ class Trainer:
             print(f"warning: {e}; the previous checkpoint is kept ({checkpoints.latest()})", file=sys.stderr)
 
     def load(self, path) -> dict:
-        state = self.strategy.load_checkpoint(path, check=lambda state: _check_resumable(path, state, self.cfg))
-        if state["world_size"] != self.strategy.world_size:
-            raise CheckpointError(
-                f"checkpoint {path} was written by {state['world_size']} rank(s); resume it with the same "
-                f"world size, not {self.strategy.world_size} (the data order and RNG states are per rank)"
-            )
+        state = self.strategy.load_checkpoint(path, check=lambda state: self._check_resumable(path, state))
         step = int(state["step"])
         planned = state.get("total_steps") or _planned_steps(state.get("config"))
         if planned and self.total_steps != planned:
@@ -220,6 +215,15 @@ class Trainer:
         rng.set_state(state["rng"][self.strategy.rank])
         return state
 
+    def _check_resumable(self, path, state: dict) -> None:
+        """Refuse, before anything is loaded or written, a checkpoint this run cannot continue."""
+        if state["world_size"] != self.strategy.world_size:
+            raise CheckpointError(
+                f"checkpoint {path} was written by {state['world_size']} rank(s); resume it with the same "
+                f"world size, not {self.strategy.world_size} (the data order and RNG states are per rank)"
+            )
+        _check_config(path, state, self.cfg)
+
     @property
     def epoch(self) -> float:
         return self.stream.epoch + self.stream.batch / self.stream.batches_per_epoch
@@ -227,8 +231,9 @@ class Trainer:
 
 # What may differ between a run and the checkpoint it resumes from: how it is observed, saved,
 # loaded and launched, and where its files are. The rest defines the training itself.
-_FREE_ON_RESUME = ("log.", "checkpoint.", "slurm.", "dist.timeout_s", "dist.preflight", "dist.bucket_mb",
-                   "dist.gradient_as_bucket_view", "dist.static_graph", "train.eval_every", "train.stop_signals",
+_FREE_ON_RESUME = ("log.", "checkpoint.", "slurm.", "dist.strategy", "dist.timeout_s", "dist.preflight",
+                   "dist.bucket_mb", "dist.gradient_as_bucket_view", "dist.static_graph", "train.eval_every",
+                   "train.stop_signals",
                    "train.device", "train.compile", "train.compile_mode", "train.channels_last", "train.deterministic",
                    "train.grad_clip", "train.steps", "train.epochs", "data.num_workers", "data.persistent_workers",
                    "data.pin_memory", "data.on_device", "data.eval_batch_size", "data.root", "data.path",
@@ -245,8 +250,9 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def _check_resumable(path, state: dict, cfg: Config) -> None:
-    """Refuse, before anything is loaded or written, a resume whose config changes what was trained."""
+def _check_config(path, state: dict, cfg: Config) -> None:
+    """Refuse a resume whose config changes what was trained (the strategy may change: single and
+    DDP write the same state; DeepSpeed's folders are refused by their loader)."""
     if not state.get("config"):
         return
     old, new = _flat(state["config"]), _flat(to_dict(cfg))

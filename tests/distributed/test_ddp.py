@@ -111,7 +111,9 @@ def test_one_wandb_run_per_job_with_every_ranks_metrics(ddp_run):
     assert len(list((out / "wandb").glob("offline-run-*"))) == 1  # rank 0 only
     logged = [r["history"]["item"] for r in inspect(out, summary=False) if r["type"] == "history"]
     train = [h for h in logged if "train/loss" in h]
-    assert len(train) == 8 and all(h["ranks/0/rss_gib"] > 0 and h["ranks/1/rss_gib"] > 0 for h in train)
+    assert len(train) == 8 and all(h["system/rss_gib_min"] > 0 for h in train)  # every rank's, as min/median/max
+    (table,) = next((out / "wandb").glob("offline-run-*")).rglob("ranks_*.table.json")  # logged at the end
+    assert [row[:1] for row in json.loads(table.read_text())["data"]] == [[0], [1]]  # one row per rank
 
 
 def test_profiler_writes_one_trace_per_rank(ddp_run):
