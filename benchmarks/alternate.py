@@ -6,8 +6,11 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from hpc_dl.telemetry import manifest
 
@@ -20,7 +23,24 @@ def arguments(doc: str) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="a config override for both sides, applied after the benchmark's own (repeatable)",
+    )  # fmt: skip
     return parser.parse_args()
+
+
+def stamper(stamps: dict, device, sync_at: tuple[int, ...]) -> Callable[[int], None]:
+    """``on_step`` for a timed run: the host clock after each step. On a GPU the host runs ahead of
+    the kernels it queued, so at the steps the timing uses (``sync_at``) the clock is read after a
+    device sync; syncing at every step would also charge host work that normally hides behind the GPU."""
+
+    def stamp(step: int) -> None:
+        if step in sync_at and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stamps.setdefault(step, time.perf_counter())
+
+    return stamp
 
 
 def alternate(a: str, b: str, run: Callable[[str, int], float], pairs: int) -> list[dict]:

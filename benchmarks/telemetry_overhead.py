@@ -9,7 +9,9 @@ time). Each run is timed from the end of its warm-up steps to its last step thro
 ``train(on_step=...)``, so start-up, evaluation and checkpointing are not counted; one
 untimed run first absorbs the process's own warm-up (imports, allocator, caches).
 Pairs alternate their order (on-off, off-on, ...) so drift on a shared machine hits
-both sides; the result is the median of the per-pair ratios.
+both sides; the result is the median of the per-pair ratios. ``--set key=value`` changes
+both sides' config (``--set log.wandb=false`` leaves W&B out of 'on'); on a GPU the clock
+is read after a device sync at the two steps the timing uses.
 
   python benchmarks/telemetry_overhead.py                      # CPU: CIFAR ResNet-20, synthetic data
   python benchmarks/telemetry_overhead.py --pairs 10 --out benchmarks/results/telemetry_overhead_cpu.json
@@ -18,12 +20,12 @@ both sides; the result is the median of the per-pair ratios.
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from alternate import alternate, arguments, report
+from alternate import alternate, arguments, report, stamper
 
 from hpc_dl import config
+from hpc_dl.dist.strategy import select_device
 from hpc_dl.train.run import train
 
 BASE = ["data.name=synthetic_images", "data.on_device=true", "model.name=resnet20", "train.eval_every=0",
@@ -36,9 +38,10 @@ MODES = {
 
 def timed_run(mode: str, args, workdir: Path, index: int) -> float:
     """Seconds per optimizer step after the warm-up steps."""
-    cfg = config.load(None, BASE + MODES[mode] + [f"train.steps={args.steps}", f"data.batch_size={args.batch}"])
+    sizes = [f"train.steps={args.steps}", f"data.batch_size={args.batch}"]
+    cfg = config.load(None, BASE + MODES[mode] + sizes + args.overrides)
     stamps = {}
-    stamp = lambda step: stamps.setdefault(step, time.perf_counter())  # noqa: E731
+    stamp = stamper(stamps, select_device(cfg.train.device), (args.warmup, args.steps))
     train(cfg, run_dir=str(workdir / f"{index:03d}-{mode}"), on_step=stamp)
     return (stamps[args.steps] - stamps[args.warmup]) / (args.steps - args.warmup)
 
@@ -50,7 +53,7 @@ def main() -> int:
         timed_run("off", args, Path(tmp), 999)  # first run in the process: imports, allocator, caches
         pairs = alternate("on", "off", lambda mode, i: timed_run(mode, args, Path(tmp), i), args.pairs)
     setup = {"base": BASE, "modes": MODES, "steps": args.steps, "warmup_steps": args.warmup,
-             "batch_size": args.batch, "pairs": args.pairs}  # fmt: skip
+             "batch_size": args.batch, "pairs": args.pairs, "overrides": args.overrides}  # fmt: skip
     what = "step time with telemetry on / off (median of alternating pairs); target < 1.01"
     report("telemetry_overhead", what, setup, "on", "off", pairs, args.out)
     return 0
