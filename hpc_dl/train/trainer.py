@@ -129,7 +129,7 @@ class Trainer:
                 if checkpoints and not saved:
                     window.check_finite()
                     self.save(checkpoints)
-                latest = self.checkpoints.latest() if self.checkpoints else None
+                latest = checkpoints.latest() if checkpoints else None
                 raise Stopped(self.step, self.stop.received or "(another rank's signal)", str(latest))
             self.timer.mark("other")
         window.check_finite()
