@@ -441,8 +441,9 @@ def parser() -> argparse.ArgumentParser:
     from hpc_dl.config import SlurmConfig
 
     for name, (kind, text) in _slurm_flags().items():
-        many = {"action": "append"} if isinstance(getattr(SlurmConfig(), name), list) else {}
-        sb.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=f"{text} (slurm.{name})", **many)
+        many = isinstance(getattr(SlurmConfig(), name), list)  # a list: the flag may be repeated
+        sb.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, action="append" if many else "store",
+                        help=f"{text} (slurm.{name}{'; repeat the flag for more' if many else ''})")  # fmt: skip
     sb.add_argument("--run-dir", help="run directory (default: log.dir/<data>-<model>-job<id>)")
     sb.add_argument("--wait", action="store_true", help="follow the job's log; exit with its status")
     sb.add_argument("--dry-run", action="store_true", help="print the sbatch script instead of submitting")

@@ -49,6 +49,30 @@ def default_run(tmp_path_factory):
     return cwd / "runs" / "digits-cnn-job4242", proc
 
 
+@pytest.fixture(scope="session")
+def slurm():
+    """The two-node Slurm test cluster (tests/slurm/cluster.py), started once for the session and stopped
+    after it. Here rather than in tests/slurm/ so that tests/test_docs.py shares the same cluster."""
+    from tests.slurm import cluster
+
+    reason = cluster.unavailable()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the Slurm test cluster cannot start under CI: {reason}")
+        pytest.skip(f"Slurm test cluster: {reason}")
+    c = cluster.Cluster.start()
+    saved = os.environ.get("SLURM_CONF")
+    os.environ.update(c.env)
+    try:
+        yield c
+    finally:
+        cluster.stop()
+        if saved is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = saved
+
+
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests need CUDA: without a device they are deselected, not failed (CI has no GPU)."""
     import torch

@@ -153,7 +153,7 @@ def run_slurm(jobs: list[tuple[Point, list[str]]], cfg: config.Config, folder: P
         flags = {"nodes": point.nodes, "tasks_per_node": point.procs, "gpus_per_node": gpus, "max_restarts": 0,
                  "folder": str(folder / "%j"), "time_min": math.ceil(time_min) if time_min else None}  # fmt: skip
         ex = executor(resources(cfg, flags))
-        ex.update_parameters(slurm_exclusive=True)  # no other job on a point's nodes while it is timed
+        ex.update_parameters(exclusive=True)  # no other job on a point's nodes while it is timed
         try:
             job = ex.submit(TrainJob(), config_path, overrides, run_dir)
         except submitit.core.utils.FailedJobError as e:

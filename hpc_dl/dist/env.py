@@ -4,7 +4,8 @@ group, and start-up checks that fail with an explanation instead of hanging.
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR/PORT.
 Plain ``srun`` (no torchrun) gives SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID and
 the node list; the first node hosts the rendezvous on a port derived from the job
-id, so two jobs sharing a node do not collide.
+id, so two jobs sharing a node do not collide (HPC_DL_MASTER_SUFFIX is appended to its
+name where sites name the InfiniBand interface <host>i).
 
 Every rank checks in on the rendezvous store with its host and process id before
 any collective runs. Rank 0 waits for all of them for ``dist.timeout_s`` and
@@ -17,13 +18,16 @@ import ipaddress
 import json
 import os
 import re
+import signal
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from hpc_dl.dist import preflight
 from hpc_dl.errors import JobError, UserError
 
 FORMED = False  # set once this process has joined a process group (see cli.main)
@@ -87,11 +91,12 @@ def detect(env=None) -> World:
         per_node = _tasks_per_node(env.get("SLURM_TASKS_PER_NODE", ""))
         expected = [h for h, n in zip(hosts, per_node) for _ in range(n)]  # Slurm's default block distribution
         job = int(env.get("SLURM_JOB_ID", "0"))
+        suffix = env.get("HPC_DL_MASTER_SUFFIX", "")  # where a node's InfiniBand name is <host><suffix>
         return World(
             rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
             local_rank=int(env.get("SLURM_LOCALID", 0)),
             local_world_size=int(env.get("SLURM_NTASKS_PER_NODE") or (per_node[0] if per_node else 1)),
-            master_addr=env.get("MASTER_ADDR") or (hosts[0] if hosts else "127.0.0.1"),
+            master_addr=env.get("MASTER_ADDR") or (hosts[0] + suffix if hosts else "127.0.0.1"),
             master_port=int(env.get("MASTER_PORT") or 20000 + job % 20000), launcher="slurm", nnodes=nnodes,
             expected_hosts=expected if len(expected) == int(env["SLURM_NTASKS"]) else [],
         )  # fmt: skip
@@ -142,9 +147,20 @@ def _store(world: World, timeout: datetime.timedelta) -> dist.Store:
     return dist.PrefixStore(f"hpc_dl/attempt_{attempt}", store)
 
 
+def _start_time(pid: int) -> str | None:
+    """When the process started (clock ticks since boot, from /proc), which tells it apart from a
+    later process that got the same PID; None for a process that has exited (or without /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[19] if len(fields) > 19 and fields[0] not in ("Z", "X") else None  # Z: exited, not yet reaped
+
+
 def check_in(store: dist.Store, world: World, timeout_s: float, prefix="checkin") -> list[dict]:
     """Every rank posts (host, pid, local rank); returns all of them, or raises naming the absent ranks."""
-    me = {"rank": world.rank, "host": socket.gethostname(), "pid": os.getpid(), "local_rank": world.local_rank}
+    me = {"rank": world.rank, "host": socket.gethostname(), "pid": os.getpid(), "local_rank": world.local_rank,
+          "start": _start_time(os.getpid())}  # fmt: skip
     store.set(f"{prefix}/{world.rank}", json.dumps(me))
     keys = [f"{prefix}/{r}" for r in range(world.world_size)]
     deadline = time.monotonic() + timeout_s
@@ -202,7 +218,28 @@ class Group:
         why = "; ".join(f"rank {r}: {m}" for r, m in reasons.items())
         seen = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         who = describe_missing(gone, w, self.members)
-        return f"{who} failed or stopped responding" + (f" ({why})" if why else "") + f"; rank {w.rank} saw: {seen}"
+        ended = self.end_unresponsive([r for r in gone if r not in reasons])
+        return (
+            f"{who} failed or stopped responding" + (f" ({why})" if why else "") + f"; rank {w.rank} saw: {seen}"
+            + (f"; killed {', '.join(ended)} on this host, so that the job ends now" if ended else "")
+        )  # fmt: skip
+
+    def end_unresponsive(self, ranks: list[int]) -> list[str]:
+        """SIGKILL those of ``ranks`` that run on this host; returns them as 'rank r (PID p)'. A rank
+        that is stopped (SIGSTOP) or hung outlives its launcher's SIGTERM -- hpc_dl's ranks catch
+        SIGTERM to checkpoint, and a stopped process runs no handler -- so the job would end only
+        after torchrun's 30 s grace (Slurm's KillWait under plain srun)."""
+        ended = []
+        for r in ranks:
+            m = self.members[r] if r < len(self.members) else {}
+            if m.get("host") != socket.gethostname() or not m.get("start") or _start_time(m["pid"]) != m["start"]:
+                continue  # another host, or the process is gone (its PID may be another's by now)
+            try:
+                os.kill(m["pid"], signal.SIGKILL)
+                ended.append(f"rank {r} (PID {m['pid']})")
+            except OSError:
+                pass
+        return ended
 
 
 @contextlib.contextmanager
@@ -219,7 +256,7 @@ def named_failures(group: Group | None):
         if group:
             diagnosis = group.diagnose(e)
             if diagnosis:
-                raise JobError(diagnosis) from e
+                raise JobError(diagnosis + preflight.nccl_warning_note()) from e  # NCCL's warnings are in its log
             group.report_failure(f"{type(e).__name__}: {e}")
         raise
 

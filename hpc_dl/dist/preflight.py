@@ -6,6 +6,7 @@ for all-reduce, comparable across world sizes.
 """
 
 import os
+import re
 import socket
 import statistics
 import tempfile
@@ -45,28 +46,71 @@ def _time_all_reduce(tensor: torch.Tensor, repeats: int) -> float:
 
 
 def capture_nccl_log() -> None:
-    """Send NCCL's INIT/NET log lines to a file (not the console) so preflight can tell which
-    transport NCCL chose. Must run before the first NCCL communicator; a user's own
-    NCCL_DEBUG setting is left alone."""
-    if "NCCL_DEBUG" in os.environ:
+    """Have NCCL write its INIT/NET lines, and its warnings, to a file for this process, where
+    preflight reads which transport NCCL chose. Must run before the first NCCL communicator.
+
+    A quiet NCCL_DEBUG (unset, or WARN as sbatch templates and site modules set it) is raised to
+    INFO into HPC_DL_NCCL_LOG_DIR/<host>.<pid>.log (default: a folder per job in the temporary
+    directory), so the console stays as quiet. INFO or TRACE on the console is the user's choice
+    and left alone; so is their own NCCL_DEBUG_FILE, which is read instead."""
+    level = os.environ.get("NCCL_DEBUG", "").upper()
+    if os.environ.get("NCCL_DEBUG_FILE"):
+        if level in ("INFO", "TRACE"):
+            os.environ["HPC_DL_NCCL_LOG"] = _nccl_file_name(os.environ["NCCL_DEBUG_FILE"])
         return
-    folder = Path(tempfile.gettempdir()) / f"hpc_dl-nccl-{os.environ.get('SLURM_JOB_ID') or os.getppid()}"
-    folder.mkdir(exist_ok=True)
-    os.environ.update(NCCL_DEBUG="INFO", NCCL_DEBUG_SUBSYS="INIT,NET", NCCL_DEBUG_FILE=str(folder / "%h.%p.log"))
-    os.environ["HPC_DL_NCCL_LOG"] = str(folder / f"{socket.gethostname()}.{os.getpid()}.log")
+    if level not in ("", "WARN"):
+        return
+    default = Path(tempfile.gettempdir()) / f"hpc_dl-nccl-{os.environ.get('SLURM_JOB_ID') or os.getppid()}"
+    folder = Path(os.environ.get("HPC_DL_NCCL_LOG_DIR") or default)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:  # e.g. a folder not bound into the container
+        folder = default
+        folder.mkdir(exist_ok=True)
+    log = folder / f"{socket.gethostname()}.{os.getpid()}.log"
+    # The literal name (NCCL's %h would be the host name cut at its first dot); '%' escaped for NCCL.
+    os.environ.update(NCCL_DEBUG="INFO", NCCL_DEBUG_SUBSYS="INIT,NET", NCCL_DEBUG_FILE=str(log).replace("%", "%%"))
+    os.environ["HPC_DL_NCCL_LOG"] = str(log)
+
+
+def _nccl_file_name(pattern: str) -> str:
+    """The file NCCL writes for NCCL_DEBUG_FILE in this process: %h is the host name up to its
+    first dot, %p the process id, %% a percent sign."""
+    host = socket.gethostname().split(".")[0]
+    return re.sub(r"%(.)", lambda m: {"h": host, "p": str(os.getpid()), "%": "%"}.get(m[1], m[0]), pattern)
+
+
+def _nccl_log() -> str:
+    path = Path(os.environ.get("HPC_DL_NCCL_LOG", ""))
+    return path.read_text(errors="replace") if path.is_file() else ""
 
 
 def nccl_transport(log: str | None = None) -> str | None:
-    """Which network transport NCCL chose, from this process's NCCL log: 'IB', 'Socket', or None
-    when unknown (no log, or no network used, as within one node)."""
-    path = Path(log or os.environ.get("HPC_DL_NCCL_LOG", ""))
-    if not path.is_file():
-        return None
-    text = path.read_text(errors="replace")
-    for transport in ("NET/IB", "NET/Socket"):
-        if transport in text:
-            return transport.split("/")[1]
+    """Which network transport NCCL chose, from this process's NCCL log: 'IB', 'Socket' (or a
+    plugin's name, e.g. 'IBext_v8'), or None when unknown (no log, or no network used, as within
+    one node). NCCL says it in one line, "Using network IB"; older logs only name the transport
+    that found devices ("NET/IB : Using ..."). A fallback also has "NET/IB : No device found.",
+    so the mere mention of NET/IB proves nothing."""
+    if log is not None:
+        path = Path(log)
+        text = path.read_text(errors="replace") if path.is_file() else ""
+    else:
+        text = _nccl_log()
+    chosen = re.search(r"NCCL INFO Using network (.+)$", text, re.MULTILINE)
+    if chosen:
+        return chosen[1].strip()
+    for transport in ("IB", "Socket"):
+        if f"NET/{transport} : Using" in text:
+            return transport
     return None
+
+
+def nccl_warning_note() -> str:
+    """For an error message: where this process's NCCL log is and its last warning, or ''."""
+    warnings = [line.strip() for line in _nccl_log().splitlines() if " NCCL WARN " in line]
+    if not warnings:
+        return ""
+    return f"; NCCL's last warning: {warnings[-1][:300]} (log: {os.environ['HPC_DL_NCCL_LOG']})"
 
 
 def run(strategy, megabytes: float = 16.0, repeats: int = 5) -> list[dict]:

@@ -2,10 +2,12 @@
 
 GPU (NVML, nvidia-ml-py): SM utilisation, memory used/total, power draw and limit,
 temperature, SM clock, throttle reasons. Host (psutil): this process's CPU
-utilisation and resident memory. Without an NVML library (a CPU machine) the GPU
+utilisation and resident memory, and how many CPUs it may run on (its affinity: what
+Slurm's binding left it). Without an NVML library (a CPU machine) the GPU
 part says "not available" once and the host part still runs.
 """
 
+import os
 import socket
 import sys
 import threading
@@ -27,6 +29,14 @@ def _nvml_handle(index: int, announce):
             announce(f"GPU utilisation: not available ({type(e).__name__}); host CPU and memory are still sampled")
             _NVML_WARNED = True
         return None, None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: where Slurm binds tasks, fewer than the node has."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 class Sampler:
@@ -76,7 +86,7 @@ class Sampler:
         with self.lock:
             samples, self.samples = self.samples, []
         samples = samples or [self.sample()]
-        out = {"rank": self.rank, "host": socket.gethostname(), "samples": len(samples)}
+        out = {"rank": self.rank, "host": socket.gethostname(), "cpus": usable_cpus(), "samples": len(samples)}
         for key in samples[0]:
             values = [x[key] for x in samples]
             if key == "throttle_reasons":

@@ -4,7 +4,23 @@ Each compute node is a network namespace (own IP on a private bridge, own hostna
 through a UTS namespace) running its own slurmd; slurmctld, slurmdbd (with a private
 MariaDB, so `sacct` works as submitit needs) and munged run on the host. Everything
 lives in one temporary folder; `stop` kills exactly the processes `start` began and
-removes the namespaces, links and /etc/hosts lines it added.
+removes the namespaces, links, cgroups and /etc/hosts lines it added.
+
+Configured like a GPU site where it can be:
+- CPU binding: TaskPlugin=task/affinity with TaskPluginParam=Cores (tasks are bound to
+  cores unless --cpu-bind says otherwise, as many sites set it), so a step that asks for
+  one CPU per task runs on one core. Each node declares 2 CPUs (config_overrides).
+- cgroups: proctrack/cgroup and task/cgroup (ConstrainCores) when a writable cgroup v1
+  hierarchy with cpuset and freezer is mounted (as on the development VM). Otherwise
+  (cgroup v2 only, or a read-only /sys/fs/cgroup in a container) the cluster falls back
+  to proctrack/linuxproc and task/affinity alone: Slurm 22.05's cgroup/v2 plugin needs
+  systemd (D-Bus) to create slurmd's scope, and no systemd runs as PID 1 here. `mode`
+  in the state file says which one ran. With proctrack/cgroup, `scancel --signal` reaches
+  only a step's task processes, not the processes they start, as at many sites.
+- GPUs: GresTypes=gpu, Gres=gpu:2 per node, gres.conf with AutoDetect=off. Slurm 22.05
+  drops a GPU without a device file, so plain files stand in for /dev/nvidiaN: jobs get
+  SLURM_GPUS_ON_NODE, but there is no CUDA (train with train.device=cpu).
+- InfiniBand host names: every node also answers to `<host>i` (as on JUWELS).
 
     python -m tests.slurm.cluster start      # prints the SLURM_CONF to export
     python -m tests.slurm.cluster stop
@@ -26,6 +42,9 @@ NODES = {"hpcdl-n1": "10.213.7.11", "hpcdl-n2": "10.213.7.12"}
 CONTROLLER = ("hpcdl-ctl", "10.213.7.1")
 BRIDGE = "hpcdlbr0"
 CPUS_PER_NODE = 2
+GPUS_PER_NODE = 2  # GRES with stand-in device files (no CUDA)
+IB_SUFFIX = "i"  # <host>i is the node's InfiniBand name at some sites (JUWELS)
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 HOSTS_TAG = "# hpc_dl test cluster"
 STATE = Path(tempfile.gettempdir()) / "hpc_dl-slurm-cluster.json"
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
@@ -49,6 +68,21 @@ def unavailable() -> str | None:
     return None
 
 
+def cgroup_v1() -> bool:
+    """Whether Slurm's cgroup/v1 plugin can work here: cpuset and freezer mounted as cgroup v1
+    and writable by us (a probe group is made and removed)."""
+    for controller in ("cpuset", "freezer"):
+        probe = CGROUP_ROOT / controller / "hpc_dl-probe"
+        try:
+            if not (CGROUP_ROOT / controller / "cgroup.procs").exists():
+                return False
+            probe.mkdir()
+            probe.rmdir()
+        except OSError:
+            return False
+    return True
+
+
 def _run(*cmd, check=True, **kw) -> subprocess.CompletedProcess:
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
     if check and proc.returncode != 0:
@@ -70,6 +104,7 @@ class Cluster:
         self.root = root
         self.conf = root / "etc" / "slurm.conf"
         self.pids: dict[str, int] = {}
+        self.mode = "cgroup" if cgroup_v1() else "affinity"  # see the module's docstring
 
     @property
     def env(self) -> dict:
@@ -127,7 +162,8 @@ class Cluster:
             _run("ip", "-n", node, "link", "set", node_end, "up")
             _run("ip", "-n", node, "link", "set", "lo", "up")
         hosts = Path("/etc/hosts").read_text()
-        lines = [f"{addr} {name} {HOSTS_TAG}" for name, addr in [CONTROLLER, *NODES.items()]]
+        lines = [f"{CONTROLLER[1]} {CONTROLLER[0]} {HOSTS_TAG}"]
+        lines += [f"{addr} {name} {name}{IB_SUFFIX} {HOSTS_TAG}" for name, addr in NODES.items()]
         Path("/etc/hosts").write_text(hosts.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
 
     def _munge(self) -> None:
@@ -160,9 +196,18 @@ class Cluster:
     def _write_config(self) -> None:
         r = self.root
         nodes = "\n".join(
-            f"NodeName={n} NodeHostname={n} NodeAddr={a} CPUs={CPUS_PER_NODE} RealMemory=4000 State=UNKNOWN"
+            f"NodeName={n} NodeHostname={n} NodeAddr={a} CPUs={CPUS_PER_NODE} RealMemory=4000 "
+            f"Gres=gpu:{GPUS_PER_NODE} State=UNKNOWN"
             for n, a in NODES.items()
         )
+        if self.mode == "cgroup":
+            plugins = "ProctrackType=proctrack/cgroup\nTaskPlugin=task/cgroup,task/affinity"
+            # Devices are not constrained: the stand-in GPU files are not device nodes.
+            (r / "etc" / "cgroup.conf").write_text(
+                "CgroupPlugin=cgroup/v1\nConstrainCores=yes\nConstrainDevices=no\nConstrainRAMSpace=no\n"
+            )
+        else:
+            plugins = "ProctrackType=proctrack/linuxproc\nTaskPlugin=task/affinity"
         self.conf.write_text(f"""ClusterName=hpcdl
 SlurmctldHost={CONTROLLER[0]}({CONTROLLER[1]})
 SlurmUser=root
@@ -180,8 +225,9 @@ SlurmctldLogFile={r}/log/slurmctld.log
 SlurmdLogFile={r}/log/slurmd-%n.log
 SlurmctldPort=6917
 SlurmdPort=6918
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+{plugins}
+TaskPluginParam=Cores
+GresTypes=gpu
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SlurmdParameters=config_overrides
@@ -199,6 +245,11 @@ JobAcctGatherType=jobacct_gather/none
 {nodes}
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
+        # Slurm 22.05 drops a GPU without a device file: plain files stand in for /dev/nvidiaN.
+        (r / "dev").mkdir(exist_ok=True)
+        for i in range(GPUS_PER_NODE):
+            (r / "dev" / f"gpu{i}").touch()
+        (r / "etc" / "gres.conf").write_text(f"AutoDetect=off\nName=gpu File={r}/dev/gpu[0-{GPUS_PER_NODE - 1}]\n")
         dbd = r / "etc" / "slurmdbd.conf"
         dbd.write_text(f"""AuthType=auth/munge
 DbdHost=localhost
@@ -254,7 +305,7 @@ StorageLoc=slurm_acct_db
         return all(states.get(n) == "idle" for n in NODES)
 
     def save(self) -> None:
-        STATE.write_text(json.dumps({"root": str(self.root), "pids": self.pids}))
+        STATE.write_text(json.dumps({"root": str(self.root), "pids": self.pids, "mode": self.mode}))
 
 
 def stop() -> None:
@@ -283,6 +334,14 @@ def stop() -> None:
     hosts = Path("/etc/hosts")
     if HOSTS_TAG in hosts.read_text():
         hosts.write_text("".join(line for line in hosts.read_text().splitlines(True) if HOSTS_TAG not in line))
+    for node in NODES:  # the cgroups slurmd made (cgroup mode): a folder is removed once it is empty
+        for top in CGROUP_ROOT.glob(f"*/slurm_{node}"):
+            for group in sorted(top.rglob("*"), key=lambda g: -len(g.parts)) + [top]:
+                if group.is_dir():
+                    try:
+                        group.rmdir()
+                    except OSError:
+                        pass
     if state["root"]:
         shutil.rmtree(state["root"], ignore_errors=True)
     STATE.unlink(missing_ok=True)

@@ -1,4 +1,6 @@
-"""slurm/train.sbatch and pre-emption on a real two-node Slurm cluster (tests/slurm/cluster.py)."""
+"""slurm/train.sbatch and pre-emption on a real two-node Slurm cluster (tests/slurm/cluster.py: tasks
+bound to cores by task/affinity, with task/cgroup where a writable cgroup v1 hierarchy exists and
+without where not, e.g. cgroup v2 without systemd; GPUs as GRES without CUDA)."""
 
 import json
 import os
@@ -33,6 +35,26 @@ def test_two_node_ddp_through_the_template(slurm, tmp_path):
     assert hosts == {"hpcdl-n1", "hpcdl-n2"}  # one rank on each node
     text = log.read_text()
     assert f"rendezvous hpcdl-n1:{20000 + int(job) % 20000}" in text and "training finished with status 0" in text
+
+
+def test_site_like_job_binds_cpus_counts_gres_and_uses_the_infiniband_name(slurm, tmp_path):
+    """As at a GPU site: tasks bound to cores, GPUs requested as GRES (--gres=gpu:2 over the template's
+    --gpus-per-node=4), a site file naming the rendezvous host's InfiniBand interface (<host>i).
+    There is no CUDA: the ranks train on the CPU, one per GPU Slurm gave the node."""
+    site = tmp_path / "site.sh"
+    site.write_text("export HPC_DL_MASTER_SUFFIX=i NCCL_SOCKET_IFNAME=ib0\n")
+    env = {"PROJECT": str(ROOT), "HPC_DL_SETUP": str(site)}
+    job = sbatch("--nodes=2", "--gres=gpu:2", "--cpus-per-task=2", "--time=15", TEMPLATE, *MLP, "train.device=cpu",
+                 "train.steps=20", "log.every=10", f"log.dir={tmp_path}/runs", cwd=tmp_path, env=env)  # fmt: skip
+    log = tmp_path / f"slurm-hpc_dl-{job}.out"
+    assert wait_for(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, log=log) == "COMPLETED", log.read_text()
+    run_dir = tmp_path / "runs" / f"breast_cancer-mlp-job{job}"
+    assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 4
+    ranks = [r for r in _records(run_dir) if "ranks" in r][-1]["ranks"]
+    assert sorted(r["host"] for r in ranks) == ["hpcdl-n1"] * 2 + ["hpcdl-n2"] * 2  # two GPUs' worth per node
+    assert [r["cpus"] for r in ranks] == [2] * 4, ranks  # each rank may use the job's --cpus-per-task
+    assert f"rendezvous hpcdl-n1i:{20000 + int(job) % 20000}" in log.read_text()
+    assert json.loads((run_dir / "env.json").read_text())["env"]["NCCL_SOCKET_IFNAME"] == "ib0"  # from the site file
 
 
 def test_preempted_job_checkpoints_requeues_and_finishes(slurm, tmp_path):

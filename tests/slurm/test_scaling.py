@@ -1,4 +1,5 @@
-"""`hpc-dl bench scaling --launcher slurm`: every point a Slurm job on the two-node test cluster."""
+"""`hpc-dl bench scaling --launcher slurm`: every point an exclusive Slurm job on the two-node test
+cluster (tasks bound to cores; see tests/slurm/cluster.py)."""
 
 import json
 
