@@ -17,6 +17,7 @@ checked folder through a link with a plain name (``_checked``).
 
 import contextlib
 import json
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -78,6 +79,11 @@ class DeepSpeed(Strategy):
         # The shared-memory comm op is a 30 s JIT build on first use; gloo does the job on CPUs.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         self.module, self.scaler = module, scaler
+        # DeepSpeed reads the rank variables that torchrun sets; under plain srun (Slurm's variables) or in
+        # one plain process nothing has set them: give it the world detected here.
+        for name, value in (("RANK", self.world.rank), ("LOCAL_RANK", self.world.local_rank),
+                            ("WORLD_SIZE", self.world.world_size)):  # fmt: skip
+            os.environ.setdefault(name, str(value))
         self.config = deepspeed_config(self.cfg, self.world_size, autocast_dtype(self.cfg.train.precision, self.device))
         in_config = "optimizer" in self.config
         schedule = scheduler.lr_lambdas[0]
