@@ -25,7 +25,7 @@ from pathlib import Path
 from alternate import alternate, arguments, report, stamper
 
 from hpc_dl import config
-from hpc_dl.dist.strategy import select_device
+from hpc_dl.distributed.strategy import select_device
 from hpc_dl.train.run import train
 
 BASE = ["data.name=synthetic_images", "data.on_device=true", "model.name=resnet20", "train.eval_every=0",

@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from alternate import alternate, arguments, report, stamper
 
 from hpc_dl import config, data, models
-from hpc_dl.dist.strategy import select_device
-from hpc_dl.train import precision, rng
+from hpc_dl.distributed import precision
+from hpc_dl.distributed.strategy import select_device
+from hpc_dl.train import rng
 from hpc_dl.train.optim import build_optimizer, build_scheduler
 from hpc_dl.train.run import train
 

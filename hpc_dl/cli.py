@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 
 import hpc_dl
-from hpc_dl.dist.env import named_failures
+from hpc_dl.distributed.process_group import named_failures
 from hpc_dl.errors import JobError, UserError
 from hpc_dl.train.stop import EXIT_STOPPED, Stopped
 
@@ -144,7 +144,7 @@ def cmd_models(args) -> int:
 
 def cmd_preflight(args) -> int:
     from hpc_dl import config
-    from hpc_dl.dist import preflight, strategy
+    from hpc_dl.distributed import preflight, strategy
 
     cfg = config.load(None, ["dist.strategy=ddp", f"dist.timeout_s={args.timeout}", f"train.device={args.device}"])
     s = strategy.build(cfg)  # check-in: a missing rank fails here, named
@@ -161,7 +161,7 @@ def cmd_preflight(args) -> int:
 def cmd_bench_allreduce(args) -> int:
     from hpc_dl import config
     from hpc_dl.bench import collectives
-    from hpc_dl.dist import strategy
+    from hpc_dl.distributed import strategy
     from hpc_dl.fileio import write_json
 
     ops = args.ops.split(",")
@@ -198,11 +198,11 @@ def cmd_bench_allreduce(args) -> int:
 def cmd_consolidate(args) -> int:
     from pathlib import Path
 
-    from hpc_dl.dist.zero import consolidate
+    from hpc_dl.checkpoint.deepspeed import consolidate
 
     folder = Path(args.checkpoint)
     if (folder / "checkpoints").is_dir():  # a run directory: its latest checkpoint
-        from hpc_dl.train.checkpoint import CheckpointDir
+        from hpc_dl.checkpoint import CheckpointDir
 
         folder = CheckpointDir(folder / "checkpoints", 1).latest() or folder
     if not folder.is_dir():
@@ -231,7 +231,7 @@ def cmd_flops(args) -> int:
 
 def cmd_bench_gemm(args) -> int:
     from hpc_dl.bench import gemm
-    from hpc_dl.dist.strategy import select_device
+    from hpc_dl.distributed.strategy import select_device
     from hpc_dl.fileio import write_json
 
     device = select_device(args.device)
@@ -629,7 +629,7 @@ def _exit_after_distributed(code: int) -> int:
     NCCL or DeepSpeed can abort the interpreter's teardown ("terminate called without an
     active exception") and turn a finished job into a failed one. Files are closed and the
     group destroyed by then; only the streams need flushing."""
-    dist_env = sys.modules.get("hpc_dl.dist.env")
+    dist_env = sys.modules.get("hpc_dl.distributed.process_group")
     if dist_env is None or not dist_env.FORMED:
         return code
     sys.stdout.flush()

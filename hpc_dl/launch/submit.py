@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from hpc_dl import config
+from hpc_dl.distributed import cluster
 from hpc_dl.errors import JobError, UserError
 
 SUBMITIT_SIGNAL = "USR2"  # submitit's pre-emption warning (SUBMITIT_PREEMPT_SIGNAL changes it)
@@ -73,7 +74,7 @@ def _distributed_env(env) -> None:
         "RANK": str(env.global_rank), "WORLD_SIZE": str(env.num_tasks), "LOCAL_RANK": str(env.local_rank),
         "LOCAL_WORLD_SIZE": str(env.num_tasks // max(env.num_nodes, 1)), "GROUP_WORLD_SIZE": str(env.num_nodes),
         "MASTER_ADDR": env.hostnames[0] if env.hostnames else "127.0.0.1",
-        "MASTER_PORT": os.environ.get("MASTER_PORT") or str(20000 + int(str(env.job_id).split("_")[0]) % 20000),
+        "MASTER_PORT": str(cluster.rendezvous_port({**os.environ, "SLURM_JOB_ID": str(env.job_id)})),
     })  # fmt: skip
 
 

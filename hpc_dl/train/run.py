@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 
 from hpc_dl import config, data, models
-from hpc_dl.dist import preflight
-from hpc_dl.dist import strategy as strategies
-from hpc_dl.dist.env import named_failures
+from hpc_dl.checkpoint import CheckpointDir
+from hpc_dl.distributed import cluster, precision, preflight
+from hpc_dl.distributed import strategy as strategies
+from hpc_dl.distributed.process_group import named_failures
 from hpc_dl.errors import JobError, UserError
 from hpc_dl.fileio import DirectoryLock, write_json, write_text
 from hpc_dl.telemetry import flops, manifest, peaks, profiler
@@ -31,17 +32,14 @@ from hpc_dl.telemetry.plots import plot_curves
 from hpc_dl.telemetry.progress import Progress
 from hpc_dl.telemetry.sampler import Sampler
 from hpc_dl.telemetry.wandb_run import WandbRun
-from hpc_dl.train import precision, rng, transfer
-from hpc_dl.train.checkpoint import CheckpointDir
+from hpc_dl.train import rng, transfer
 from hpc_dl.train.stop import EXIT_STOPPED, SignalStop, Stopped, requeue_self
 from hpc_dl.train.trainer import Trainer
 
 
 def default_run_name(cfg: config.Config) -> str:
     """<data>-<model>-<Slurm job id or local time>: a requeued job finds its own folder again."""
-    job = os.environ.get("SLURM_JOB_ID")
-    if job and "SLURM_ARRAY_TASK_ID" in os.environ:
-        job = f"{os.environ.get('SLURM_ARRAY_JOB_ID', job)}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    job = cluster.job_id()
     stamp = f"job{job}" if job else datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{cfg.data.name}-{cfg.model.name}-{stamp}"
 
@@ -75,7 +73,7 @@ def _creatable(path: Path, named: str) -> Path:
 
 def _resume(trainer: Trainer, ckpts: CheckpointDir, resume: str | None) -> Path | None:
     """Load the checkpoint ``--resume`` asks for into the trainer; returns its path."""
-    if resume is None and os.environ.get("SLURM_RESTART_COUNT", "0") != "0":
+    if resume is None and cluster.restart_count():
         resume = "auto"  # a requeued Slurm job continues where it stopped
     if resume is None:
         if ckpts.files():
@@ -206,9 +204,8 @@ def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, st
         trainer.sampler = Sampler(strategy.rank, gpu, cfg.log.sample_interval_s, say=progress.note)
     log = cfg.log
     trace = profiler.window(log.profile_steps, log.profile_warmup, out / "profile", strategy.rank, strategy.device)
-    restart = os.environ.get("SLURM_RESTART_COUNT")
-    if restart and restart != "0":
-        progress.write(f"Slurm restart {restart} of job {os.environ.get('SLURM_JOB_ID')}")
+    if cluster.restart_count():
+        progress.write(f"Slurm restart {cluster.restart_count()} of job {cluster.job_id()}")
     try:
         trainer.stop = stop
         with trace as profile_step:

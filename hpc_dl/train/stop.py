@@ -14,6 +14,8 @@ import shutil
 import signal
 import subprocess
 
+from hpc_dl.distributed import cluster
+
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped with a checkpoint, run it again to continue
 
 
@@ -63,8 +65,7 @@ def requeue_self() -> str:
         return "not a Slurm job: run the same command with --resume auto to continue"
     if not shutil.which("scontrol"):
         return "no scontrol here (a container?): requeue the job from outside, or use slurm/train.sbatch"
-    array = os.environ.get("SLURM_ARRAY_JOB_ID")
-    job = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ["SLURM_JOB_ID"]
+    job = cluster.job_id()
     proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
         return f"scontrol requeue {job} failed: {proc.stderr.strip()}"

@@ -15,15 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hpc_dl import checkpoint
+from hpc_dl.checkpoint import CheckpointDir
 from hpc_dl.config import Config, to_dict
 from hpc_dl.data.loader import BatchStream, eval_batches
 from hpc_dl.data.spec import Splits
-from hpc_dl.dist.strategy import Strategy
+from hpc_dl.distributed import precision
+from hpc_dl.distributed.strategy import Strategy
 from hpc_dl.errors import CheckpointError, ConfigError, JobError
 from hpc_dl.fileio import DiskFullError
 from hpc_dl.telemetry.timing import StepTimer
-from hpc_dl.train import precision, rng
-from hpc_dl.train.checkpoint import CheckpointDir
+from hpc_dl.train import rng
 from hpc_dl.train.optim import build_optimizer, build_scheduler
 from hpc_dl.train.stop import SignalStop, Stopped
 
@@ -185,13 +187,13 @@ class Trainer:
             "config": to_dict(self.cfg),
         }
         try:
-            self.strategy.save_checkpoint(checkpoints, self.step, extra)
+            checkpoint.save(self.strategy, checkpoints, self.step, extra)
         except DiskFullError as e:  # keep training: the previous checkpoint is intact
             self.checkpoint_error = str(e)
             print(f"warning: {e}; the previous checkpoint is kept ({checkpoints.latest()})", file=sys.stderr)
 
     def load(self, path) -> dict:
-        state = self.strategy.load_checkpoint(path, check=lambda state: self._check_resumable(path, state))
+        state = checkpoint.load_into(self.strategy, path, check=lambda state: self._check_resumable(path, state))
         step = int(state["step"])
         planned = state.get("total_steps") or _planned_steps(state.get("config"))
         if planned and self.total_steps != planned:

@@ -9,11 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hpc_dl import config, data, models
+from hpc_dl import checkpoint, config, data, models
+from hpc_dl.checkpoint import CheckpointDir
 from hpc_dl.data.spec import Splits
 from hpc_dl.errors import CheckpointError, UserError
-from hpc_dl.train import checkpoint
-from hpc_dl.train.checkpoint import CheckpointDir
 
 CONSOLIDATED = "model_fp32.pt"  # what `hpc-dl consolidate` writes into a DeepSpeed run directory
 

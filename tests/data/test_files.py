@@ -235,7 +235,7 @@ def test_on_device_augmentation_trains_through_the_trainer(tmp_path, kind):
 @pytest.mark.slow
 @pytest.mark.parametrize("on_device", [False, True], ids=["transforms.v2", "on-device"])
 def test_resume_is_exact_with_random_augmentation(tmp_path, on_device):
-    from hpc_dl.train import checkpoint
+    from hpc_dl import checkpoint
     from hpc_dl.train.run import train
 
     write_cifar10(tmp_path / "d")

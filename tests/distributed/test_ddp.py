@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from hpc_dl.train import checkpoint
+from hpc_dl import checkpoint
 from tests.conftest import CONFIGS, run_cli
 from tests.distributed.launch import srun_like, torchrun
 

@@ -45,7 +45,7 @@ def test_consolidated_fp32_state_dict_loads_into_the_plain_model(tmp_path):
     model = models.build(cfg.model, build_data(cfg.data).spec)
     model.load_state_dict(state)  # strict: every parameter present with its full shape
     assert all(v.dtype == torch.float32 for v in state.values())
-    from hpc_dl.dist.strategy import Strategy
+    from hpc_dl.distributed.strategy import Strategy
 
     s = Strategy(cfg, torch.device("cpu"))
     s.module = model
@@ -53,7 +53,7 @@ def test_consolidated_fp32_state_dict_loads_into_the_plain_model(tmp_path):
 
 
 def test_user_json_is_merged_over_the_generated_config(tmp_path):
-    from hpc_dl.dist.zero import deepspeed_config
+    from hpc_dl.distributed.zero import deepspeed_config
 
     user = tmp_path / "ds.json"
     user.write_text(json.dumps({"zero_optimization": {"stage": 2, "overlap_comm": True}, "gradient_clipping": 0.5}))

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from hpc_dl.dist import preflight
+from hpc_dl.distributed import preflight
 
 
 def _row(rank, host, transport="IB", ok=True):

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from hpc_dl import config, data, models
-from hpc_dl.dist import strategy as strategies
+from hpc_dl.distributed import precision
+from hpc_dl.distributed import strategy as strategies
 from hpc_dl.models.gpt import GPT
-from hpc_dl.train import precision, rng
+from hpc_dl.train import rng
 from hpc_dl.train.run import train
 from hpc_dl.train.trainer import Trainer
 

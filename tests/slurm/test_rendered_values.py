@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from tests.conftest import ROOT, run_cli
+from tests.slurm import stubs
 
 STUBS = {
     # Records the call; runs slurm/train.sbatch (only that script) as a one-node job would.
@@ -32,13 +33,7 @@ if [ -n "$PARSABLE" ]; then echo 42; else echo "Submitted batch job 42"; fi
 @pytest.fixture
 def fake(tmp_path):
     """A folder with stub Slurm commands and a clean environment that puts them first on PATH."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, body in STUBS.items():
-        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    (tmp_path / "venv" / "bin").mkdir(parents=True)
-    (tmp_path / "venv" / "bin" / "activate").write_text("")
+    bin_dir = stubs.install(tmp_path, STUBS)
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path), "FAKE_SLURM": str(tmp_path),
            "PROJECT": str(tmp_path), "VENV": str(tmp_path / "venv")}  # fmt: skip
     return tmp_path, env

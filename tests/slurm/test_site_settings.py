@@ -14,6 +14,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT
+from tests.slurm import stubs
 
 TRAIN = ROOT / "slurm" / "train.sbatch"
 STUBS = {
@@ -28,13 +29,7 @@ STUBS = {
 @pytest.fixture
 def job(tmp_path):
     """Runs the template as Slurm would on one node (job 42); returns (process, torchrun args, rank env)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, body in STUBS.items():
-        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    (tmp_path / "venv" / "bin").mkdir(parents=True)
-    (tmp_path / "venv" / "bin" / "activate").write_text("")
+    bin_dir = stubs.install(tmp_path, STUBS)
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "NCCL_", "HPC_DL_", "GLOO_"))}
     base = {**clean, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_SLURM": str(tmp_path),
             "PROJECT": str(tmp_path), "VENV": str(tmp_path / "venv"), "SLURM_JOB_ID": "42",

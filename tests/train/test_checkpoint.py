@@ -10,9 +10,9 @@ import textwrap
 import pytest
 import torch
 
+from hpc_dl import checkpoint
+from hpc_dl.checkpoint import CheckpointDir
 from hpc_dl.errors import CheckpointError
-from hpc_dl.train import checkpoint
-from hpc_dl.train.checkpoint import CheckpointDir
 
 
 def test_save_load_round_trip_and_latest_pointer(tmp_path):
@@ -75,7 +75,7 @@ KILLED_WRITER = textwrap.dedent(
     """
     import os, sys, time, torch
     import hpc_dl.fileio
-    from hpc_dl.train.checkpoint import CheckpointDir
+    from hpc_dl.checkpoint import CheckpointDir
 
     d = CheckpointDir(sys.argv[1], keep_last=3)
     d.save(1, {"w": torch.ones(1000)})

@@ -21,7 +21,7 @@ def test_default_run_on_gpu_uses_bf16_autocast_and_fused_adamw(tmp_path):
 def test_fp16_uses_loss_scaling(tmp_path):
     cfg = config.load(None, ["log.progress=off", "train.precision=fp16", "train.steps=40"])
     summary = train(cfg, run_dir=tmp_path / "fp16")
-    from hpc_dl.train import checkpoint
+    from hpc_dl import checkpoint
 
     state = checkpoint.load(tmp_path / "fp16" / "checkpoints" / "step_00000040.pt")
     assert state["scaler"]["scale"] > 0 and summary["test"]["accuracy"] > 0.8

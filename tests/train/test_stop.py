@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hpc_dl import config
+from hpc_dl import checkpoint, config
 from hpc_dl.errors import ConfigError
-from hpc_dl.train import checkpoint
 from hpc_dl.train.stop import EXIT_STOPPED
 from tests.conftest import CONFIGS, run_cli
 from tests.distributed.launch import QUIET, free_port

@@ -6,12 +6,11 @@ import shutil
 import pytest
 import torch
 
-from hpc_dl import config
+from hpc_dl import checkpoint, config
+from hpc_dl.checkpoint import CheckpointDir
 from hpc_dl.cli import main
-from hpc_dl.dist.strategy import Strategy
+from hpc_dl.distributed.strategy import Strategy
 from hpc_dl.errors import ConfigError
-from hpc_dl.train import checkpoint
-from hpc_dl.train.checkpoint import CheckpointDir
 from hpc_dl.train.run import train
 from tests.conftest import CONFIGS, run_cli
 

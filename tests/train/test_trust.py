@@ -13,10 +13,10 @@ import uuid
 import pytest
 import torch
 
+from hpc_dl import checkpoint
+from hpc_dl.checkpoint import CheckpointDir
 from hpc_dl.errors import CheckpointError
 from hpc_dl.fileio import DirectoryLock
-from hpc_dl.train import checkpoint
-from hpc_dl.train.checkpoint import CheckpointDir
 from tests.conftest import run_cli
 
 QUICK = ["log.progress=plain", "log.plots=false", "log.utilisation=false"]

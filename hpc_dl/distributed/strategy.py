@@ -3,7 +3,7 @@ so DDP and DeepSpeed slot in as subclasses without touching the loop.
 
 ``Strategy`` itself is the single-process case: one device, no process group,
 no MPI, no cluster. ``DDP`` adds the process group and gradient all-reduce;
-``hpc_dl.dist.zero.DeepSpeed`` hands the step to a DeepSpeed engine.
+``hpc_dl.distributed.zero.DeepSpeed`` hands the step to a DeepSpeed engine.
 """
 
 import contextlib
@@ -11,16 +11,13 @@ import hashlib
 import math
 import os
 import socket
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from hpc_dl.dist import env, preflight
-from hpc_dl.errors import CheckpointError, ConfigError
-from hpc_dl.fileio import DiskFullError
-from hpc_dl.train import checkpoint
+from hpc_dl.distributed import cluster, preflight, process_group
+from hpc_dl.errors import ConfigError
 
 
 def select_device(choice: str, local_rank: int = 0) -> torch.device:
@@ -35,9 +32,9 @@ def select_device(choice: str, local_rank: int = 0) -> torch.device:
 class Strategy:
     name = "single"
 
-    def __init__(self, cfg, device: torch.device, group: env.Group | None = None):
+    def __init__(self, cfg, device: torch.device, group: process_group.Group | None = None):
         self.cfg, self.device, self.group = cfg, device, group
-        self.world = group.world if group else env.World()
+        self.world = group.world if group else cluster.World()
         self._cpu_group = None  # for any_rank
 
     @property
@@ -123,32 +120,6 @@ class Strategy:
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
 
-    def save_checkpoint(self, ckpts: checkpoint.CheckpointDir, step: int, extra: dict) -> None:
-        state = self.state_dict()  # every rank takes part (needed by sharded strategies)
-        failed = None
-        if self.is_main:
-            try:
-                ckpts.save(step, {**state, **extra})
-            except DiskFullError as e:  # raised after the barrier, so no rank waits for rank 0 in vain
-                failed = e
-        self.barrier()  # no rank runs ahead of a checkpoint it may have to resume from
-        if failed:
-            raise failed
-
-    def load_checkpoint(self, path: Path, check=lambda state: None) -> dict:
-        """Restore model and optimizer state from ``path``; returns the whole checkpoint.
-        ``check(state)`` may refuse it first."""
-        if Path(path).is_dir():
-            raise CheckpointError(f"{path} is a DeepSpeed checkpoint folder; resume it with dist.strategy=deepspeed")
-        state = checkpoint.load(path)
-        check(state)
-        try:
-            self.load_state_dict(state)
-        except (KeyError, RuntimeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0][:300]
-            raise CheckpointError(f"checkpoint {path} does not fit this run's model/optimizer: {first}") from e
-        return state
-
     def parameter_fingerprint(self) -> str:
         """A hash of every parameter's bytes: equal on two ranks only if their models are identical."""
         digest = hashlib.sha256()
@@ -192,7 +163,7 @@ def _free_port() -> int:
 
 
 def build(cfg) -> Strategy:
-    world = env.detect()
+    world = cluster.detect()
     name = cfg.dist.strategy
     if name == "single":
         if world.world_size != 1:
@@ -203,14 +174,14 @@ def build(cfg) -> Strategy:
         return Strategy(cfg, select_device(cfg.train.device, world.local_rank))
     if world.launcher == "single":  # a distributed strategy in one plain process: a world of one
         world.launcher, world.master_port = "local", _free_port()
-    env.check(world)
+    process_group.check(world)
     device = select_device(cfg.train.device, world.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         preflight.capture_nccl_log()
-    group = env.init(world, "nccl" if device.type == "cuda" else "gloo", cfg.dist.timeout_s)
+    group = process_group.init(world, "nccl" if device.type == "cuda" else "gloo", cfg.dist.timeout_s)
     if name == "ddp":
         return DDP(cfg, device, group)
-    from hpc_dl.dist.zero import DeepSpeed  # imports deepspeed, which is slow and optional
+    from hpc_dl.distributed.zero import DeepSpeed  # imports deepspeed, which is slow and optional
 
     return DeepSpeed(cfg, device, group)

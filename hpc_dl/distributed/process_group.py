@@ -1,11 +1,4 @@
-"""Who is who in a job: the world from torchrun's or Slurm's variables, the process
-group, and start-up checks that fail with an explanation instead of hanging.
-
-torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR/PORT.
-Plain ``srun`` (no torchrun) gives SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID and
-the node list; the first node hosts the rendezvous on a port derived from the job
-id, so two jobs sharing a node do not collide (HPC_DL_MASTER_SUFFIX is appended to its
-name where sites name the InfiniBand interface <host>i).
+"""The process group, and start-up checks that fail with an explanation instead of hanging.
 
 Every rank checks in on the rendezvous store with its host and process id before
 any collective runs. Rank 0 waits for all of them for ``dist.timeout_s`` and
@@ -17,90 +10,20 @@ import datetime
 import ipaddress
 import json
 import os
-import re
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from hpc_dl.dist import preflight
+from hpc_dl.distributed import preflight
+from hpc_dl.distributed.cluster import World
 from hpc_dl.errors import JobError, UserError
 
 FORMED = False  # set once this process has joined a process group (see cli.main)
-
-
-@dataclass
-class World:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    local_world_size: int = 1
-    master_addr: str = "127.0.0.1"
-    master_port: int = 29500
-    launcher: str = "single"  # single | torchrun | slurm
-    nnodes: int = 1
-    expected_hosts: list[str] = field(default_factory=list)  # host of each rank, where Slurm tells us
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1 or self.launcher != "single"
-
-
-def expand_hostlist(hostlist: str) -> list[str]:
-    """Slurm's compressed host list, e.g. ``gpu[01-03,07],login1`` -> gpu01 gpu02 gpu03 gpu07 login1
-    (what ``scontrol show hostnames`` prints, which is not there inside most containers)."""
-    hosts = []
-    for prefix, ranges, plain in re.findall(r"([^,\[]+)\[([^\]]+)\]|([^,\[\]]+)", hostlist):
-        if plain:
-            hosts.append(plain)
-            continue
-        for part in ranges.split(","):
-            lo, _, hi = part.partition("-")
-            for n in range(int(lo), int(hi or lo) + 1):
-                hosts.append(f"{prefix}{n:0{len(lo)}d}")
-    return hosts
-
-
-def _tasks_per_node(spec: str) -> list[int]:
-    """SLURM_TASKS_PER_NODE, e.g. ``2(x3),1`` -> [2, 2, 2, 1]."""
-    counts = []
-    for part in spec.split(","):
-        m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
-        if m:
-            counts += [int(m[1])] * int(m[2] or 1)
-    return counts
-
-
-def detect(env=None) -> World:
-    env = os.environ if env is None else env
-    nnodes = int(env.get("SLURM_NNODES") or env.get("SLURM_JOB_NUM_NODES") or 1)
-    hosts = expand_hostlist(env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "")
-    if "RANK" in env and "WORLD_SIZE" in env:
-        world = World(
-            rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]), local_rank=int(env.get("LOCAL_RANK", 0)),
-            local_world_size=int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])),
-            master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=int(env.get("MASTER_PORT", 29500)),
-            launcher="torchrun", nnodes=int(env.get("GROUP_WORLD_SIZE", nnodes) if "SLURM_JOB_ID" in env else 1),
-        )  # fmt: skip
-        return world
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        per_node = _tasks_per_node(env.get("SLURM_TASKS_PER_NODE", ""))
-        expected = [h for h, n in zip(hosts, per_node) for _ in range(n)]  # Slurm's default block distribution
-        job = int(env.get("SLURM_JOB_ID", "0"))
-        suffix = env.get("HPC_DL_MASTER_SUFFIX", "")  # where a node's InfiniBand name is <host><suffix>
-        return World(
-            rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
-            local_rank=int(env.get("SLURM_LOCALID", 0)),
-            local_world_size=int(env.get("SLURM_NTASKS_PER_NODE") or (per_node[0] if per_node else 1)),
-            master_addr=env.get("MASTER_ADDR") or (hosts[0] + suffix if hosts else "127.0.0.1"),
-            master_port=int(env.get("MASTER_PORT") or 20000 + job % 20000), launcher="slurm", nnodes=nnodes,
-            expected_hosts=expected if len(expected) == int(env["SLURM_NTASKS"]) else [],
-        )  # fmt: skip
-    return World()
 
 
 def _is_loopback(addr: str) -> bool:

@@ -30,7 +30,7 @@ SUM = ".sha256"
 _NAME = re.compile(r"^step_(\d+)(\.pt)?$")  # a file, or a folder (DeepSpeed writes one per tag)
 
 
-def save(path: Path, state: dict) -> None:
+def write(path: Path, state: dict) -> None:
     path = Path(path)
     checksum = path.with_name(path.name + SUM)
     atomic_write(
@@ -130,7 +130,7 @@ class CheckpointDir:
     def save(self, step: int, state: dict) -> Path:
         self.path.mkdir(parents=True, exist_ok=True)
         path = self.path / f"step_{step:08d}.pt"
-        save(path, state)
+        write(path, state)
         self._publish(path)
         return path
 
