@@ -167,3 +167,17 @@ def test_an_override_that_switches_the_variant_drops_the_files_other_keys():
         config.load(CONFIGS / "cifar10_resnet18.yaml", ["data.name=synthetic_images", "data.root=x"])
     with pytest.raises(ConfigError, match=r"unknown key 'data.augment'"):
         config.load(CONFIGS / "cifar10_resnet18.yaml", ["data.name=synthetic_images", "data.augment.hflip=false"])
+
+
+@pytest.mark.parametrize("line", [["--help"], ["config"], ["config", "digits_cnn", "optim.lr=0.01"],
+                                  ["submit", "--dry-run", "--partition", "gpu"], ["train", "--help"]])  # fmt: skip
+def test_login_node_commands_import_no_torch(line, tmp_path):
+    """Importing torch from a shared file system takes seconds on a login node: --help, config and
+    submit --dry-run never do (the modules of torch are looked for in sys.modules after the command)."""
+    code = ("import sys\nfrom hpc_dl.cli import main\ntry:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    rc = e.code\nprint('torch modules:', sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n"
+            "sys.exit(rc)")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code, *line], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "torch modules: []" in proc.stdout, proc.stdout[-500:]
