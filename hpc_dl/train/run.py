@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from hpc_dl import config, data, models
@@ -25,15 +26,11 @@ from hpc_dl.distributed import cluster, precision, preflight
 from hpc_dl.distributed import strategy as strategies
 from hpc_dl.distributed.process_group import named_failures
 from hpc_dl.errors import JobError, UserError
-from hpc_dl.fileio import DirectoryLock, write_json, write_text
-from hpc_dl.telemetry import flops, manifest, peaks, profiler
-from hpc_dl.telemetry.metrics import MetricsFile, read, throughput
-from hpc_dl.telemetry.plots import plot_curves
-from hpc_dl.telemetry.progress import Progress
-from hpc_dl.telemetry.sampler import Sampler
-from hpc_dl.telemetry.wandb_run import WandbRun
+from hpc_dl.fileio import DirectoryLock
+from hpc_dl.telemetry import flops, peaks
+from hpc_dl.telemetry.observer import RunObserver
 from hpc_dl.train import rng, transfer
-from hpc_dl.train.stop import EXIT_STOPPED, SignalStop, Stopped, requeue_self
+from hpc_dl.train.stop import SignalStop, Stopped, requeue_self
 from hpc_dl.train.trainer import Trainer
 
 
@@ -114,6 +111,10 @@ def train(cfg: config.Config, run_dir: str | None = None, resume: str | None = N
         try:
             with named_failures(strategy.group):
                 return _train(cfg, strategy, run_dir, resume, t0, on_step or (lambda step: None), stop, held)
+        except Stopped as stopped:
+            if strategy.is_main:
+                print(f"{stopped}; {requeue_self()}", flush=True)
+            raise
         finally:
             strategy.close()
 
@@ -140,13 +141,55 @@ def _claim(out: Path, strategy, held: contextlib.ExitStack) -> None:
 
 
 def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, stop: SignalStop, held) -> dict | None:
-    main = strategy.is_main
-    checked = None  # the all-reduce bandwidth preflight saw (the slowest rank's), for the summary
-    if strategy.world_size > 1 and cfg.dist.preflight:
-        report = preflight.run(strategy)
-        checked = {"busbw_gbs": min(r["busbw_gbs"] for r in report), "transport": report[0]["transport"]}
-        if main:
-            print(preflight.format_report(report), flush=True)
+    checked = _preflight(cfg, strategy)
+    built = _build(cfg, strategy)
+    trainer = built.trainer
+    out = Path(strategy.gather_object(str(run_directory(cfg, run_dir)))[0])  # rank 0 names it for all
+    ckpts = CheckpointDir(out / "checkpoints", cfg.checkpoint.keep_last)
+    _claim(out, strategy, held)
+    resumed = _resume(trainer, ckpts, resume)
+    if resumed and trainer.step >= trainer.total_steps:  # nothing to train: leave every file as it is
+        return _finished_already(out, trainer, strategy)
+    with RunObserver(cfg, strategy, out, trainer.total_steps, trainer.step) as observer:
+        for line in _introduction(cfg, strategy, built, out, resumed):
+            observer.say(line)
+        trainer.observers, trainer.sampler, trainer.stop = observer.observers, observer.sampler, stop
+        results = trainer.fit(ckpts, on_step=observer.on_step(on_step))
+    fingerprints = strategy.gather_object(strategy.parameter_fingerprint())
+    if len(set(fingerprints)) > 1 and strategy.name != "deepspeed":
+        observer.say(f"warning: the model differs between ranks after training: {fingerprints}")
+    if not strategy.is_main:
+        return None  # only rank 0 reports
+    summary = _summary(cfg, strategy, built, out, resumed, t0, observer.throughput(), checked, results, ckpts)
+    observer.finish({**summary, "parameter_fingerprints": fingerprints})  # one per rank; equal when they agree
+    if trainer.checkpoint_error:  # the results are written; say that the last checkpoint is not
+        raise JobError(f"{trainer.checkpoint_error}; the run finished and wrote {out / 'summary.json'}, "
+                       f"but its newest checkpoint is {summary['checkpoint']}")  # fmt: skip
+    return {**summary, "parameter_fingerprints": fingerprints}
+
+
+def _preflight(cfg: config.Config, strategy) -> dict | None:
+    """The all-reduce check before training; returns what the slowest rank saw, for the summary."""
+    if strategy.world_size == 1 or not cfg.dist.preflight:
+        return None
+    report = preflight.run(strategy)
+    if strategy.is_main:
+        print(preflight.format_report(report), flush=True)
+    return {"busbw_gbs": min(r["busbw_gbs"] for r in report), "transport": report[0]["transport"]}
+
+
+@dataclass
+class Built:
+    """The trainer and what the run says about how it was made."""
+
+    trainer: Trainer
+    splits: object
+    parameters: int
+    transferred: dict
+    peak_source: str
+
+
+def _build(cfg: config.Config, strategy) -> Built:
     precision.configure_backends(cfg.train.tf32, cfg.train.deterministic)
     rng.seed_everything(cfg.train.seed)  # the same initial weights on every rank
     splits = data.build(cfg.data)
@@ -159,108 +202,64 @@ def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, st
     trainer.peak_tflops, peak_source = peaks.resolve(
         cfg.log.peak_tflops, strategy.device, trainer.dtype, cfg.train.tf32
     )
+    return Built(trainer, splits, n_params, transferred, peak_source)
 
-    out = Path(strategy.gather_object(str(run_directory(cfg, run_dir)))[0])  # rank 0 names it for all
-    ckpts = CheckpointDir(out / "checkpoints", cfg.checkpoint.keep_last)
-    _claim(out, strategy, held)
-    resumed = _resume(trainer, ckpts, resume)
-    if resumed and trainer.step >= trainer.total_steps:  # nothing to train: leave every file as it is
-        if main:
-            print(f"{out} finished at step {trainer.step} of {trainer.total_steps}; nothing to resume", flush=True)
-            done = out / "summary.json"
-            return json.loads(done.read_text()) if done.is_file() else {"run_dir": str(out), "steps": trainer.step}
+
+def _finished_already(out: Path, trainer: Trainer, strategy) -> dict | None:
+    if not strategy.is_main:
         return None
-    progress = Progress(trainer.total_steps, trainer.step, cfg.log.progress, enabled=main)
-    dashboard = None
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        env = manifest.environment()
-        write_text(out / "config.yaml", config.to_yaml(cfg))
-        write_json(out / "env.json", env)
-        if cfg.log.wandb:
-            dashboard = WandbRun.start(cfg, out, env, say=progress.write)
-    metrics = MetricsFile(out / "metrics.jsonl", resume_step=trainer.step) if main else None
-    if resumed:
-        progress.write(f"resumed from {resumed} at step {trainer.step}")
-    progress.write(
-        f"training {cfg.model.name} ({n_params:,} parameters) on {cfg.data.name} for {trainer.total_steps} steps "
-        f"on {strategy.world_size} x {strategy.device} ({strategy.name}), precision {trainer.dtype or 'fp32'}, "
+    print(f"{out} finished at step {trainer.step} of {trainer.total_steps}; nothing to resume", flush=True)
+    done = out / "summary.json"
+    return json.loads(done.read_text()) if done.is_file() else {"run_dir": str(out), "steps": trainer.step}
+
+
+def _introduction(cfg: config.Config, strategy, built: Built, out: Path, resumed) -> list[str]:
+    """What the run says before its first step."""
+    tr, moved = built.trainer, built.transferred
+    lines = [f"resumed from {resumed} at step {tr.step}"] if resumed else []
+    lines.append(
+        f"training {cfg.model.name} ({built.parameters:,} parameters) on {cfg.data.name} for {tr.total_steps} steps "
+        f"on {strategy.world_size} x {strategy.device} ({strategy.name}), precision {tr.dtype or 'fp32'}, "
         f"run dir {out}"
     )
-    if splits.test_source:
-        progress.write(f"note: test split = {splits.test_source}")
-    if transferred.get("weights") or transferred["frozen_parameters"]:
-        progress.write(
-            f"transfer: weights {transferred.get('weights', '(none: random)')}, head '{transferred['head']}' "
-            f"{'kept' if cfg.transfer.head == 'keep' else 'new'}, freeze {transferred['freeze']}: "
-            f"{transferred['frozen_parameters']:,} frozen, {transferred['trainable_parameters']:,} trained"
+    if built.splits.test_source:
+        lines.append(f"note: test split = {built.splits.test_source}")
+    if moved.get("weights") or moved["frozen_parameters"]:
+        lines.append(
+            f"transfer: weights {moved.get('weights', '(none: random)')}, head '{moved['head']}' "
+            f"{'kept' if cfg.transfer.head == 'keep' else 'new'}, freeze {moved['freeze']}: "
+            f"{moved['frozen_parameters']:,} frozen, {moved['trainable_parameters']:,} trained"
         )
-    if trainer.flops_per_sample:
-        progress.write(f"model FLOPs per sample (forward + backward): {trainer.flops_per_sample / 1e9:.4g} GFLOP; "
-                       f"MFU against {trainer.peak_tflops or '-'} TFLOP/s: {peak_source}")  # fmt: skip
-    trainer.observers = [progress.log] + ([metrics.write] if metrics else []) + ([dashboard.log] if dashboard else [])
-    if cfg.log.utilisation:
-        gpu = strategy.device.index if strategy.device.type == "cuda" else None
-        trainer.sampler = Sampler(strategy.rank, gpu, cfg.log.sample_interval_s, say=progress.note)
-    log = cfg.log
-    trace = profiler.window(log.profile_steps, log.profile_warmup, out / "profile", strategy.rank, strategy.device)
+    if tr.flops_per_sample:
+        lines.append(f"model FLOPs per sample (forward + backward): {tr.flops_per_sample / 1e9:.4g} GFLOP; "
+                     f"MFU against {tr.peak_tflops or '-'} TFLOP/s: {built.peak_source}")  # fmt: skip
     if cluster.restart_count():
-        progress.write(f"Slurm restart {cluster.restart_count()} of job {cluster.job_id()}")
-    try:
-        trainer.stop = stop
-        with trace as profile_step:
-            results = trainer.fit(ckpts, on_step=lambda step: (progress.update(step), profile_step(), on_step(step)))
-    except Stopped as stopped:
-        if main:
-            progress.write(f"{stopped}; {requeue_self()}")
-        if dashboard:
-            dashboard.finish(None, [], exit_code=EXIT_STOPPED, say=progress.write, preempted=True)
-        raise
-    except BaseException:
-        if dashboard:
-            dashboard.finish(None, [], exit_code=1, say=progress.write)
-        raise
-    finally:
-        if trainer.sampler:
-            trainer.sampler.close()
-        progress.close()
-        if metrics:
-            metrics.close()
-    fingerprints = strategy.gather_object(strategy.parameter_fingerprint())
+        lines.append(f"Slurm restart {cluster.restart_count()} of job {cluster.job_id()}")
+    return lines
 
-    summary = {
+
+def _summary(cfg, strategy, built: Built, out: Path, resumed, t0: float, rates: dict, checked, results, ckpts) -> dict:
+    tr = built.trainer
+    return {
         "run_dir": str(out),
         "model": cfg.model.name,
         "data": cfg.data.name,
-        "parameters": n_params,
-        "steps": trainer.total_steps,
-        "epochs": round(trainer.epoch, 4),
+        "parameters": built.parameters,
+        "steps": tr.total_steps,
+        "epochs": round(tr.epoch, 4),
         "device": str(strategy.device),
         "strategy": strategy.name,
-        "precision": str(trainer.dtype or "fp32").replace("torch.", ""),
+        "precision": str(tr.dtype or "fp32").replace("torch.", ""),
         "world_size": strategy.world_size,
         "global_batch_size": cfg.data.batch_size * cfg.train.grad_accum * strategy.world_size,
         "resumed_from": str(resumed) if resumed else None,
         "wall_time_s": round(time.perf_counter() - t0, 3),
-        "throughput": throughput(read(out / "metrics.jsonl")) if main else {},  # medians over log windows
+        "throughput": rates,  # medians over log windows
         "preflight": checked,
-        "transfer": transferred,
+        "transfer": built.transferred,
         "val": {k: v for k, v in results["val"].items() if k not in ("split", "step")},
         "test": {k: v for k, v in results["test"].items() if k not in ("split", "step")},
-        "test_source": splits.test_source,  # None: a held-out split of its own
+        "test_source": built.splits.test_source,  # None: a held-out split of its own
         "checkpoint": str(ckpts.latest()),
-        "checkpoint_error": trainer.checkpoint_error,
-        "parameter_fingerprints": fingerprints,  # one per rank; equal when the replicas agree
+        "checkpoint_error": tr.checkpoint_error,
     }
-    if len(set(fingerprints)) > 1 and strategy.name != "deepspeed":
-        progress.write(f"warning: the model differs between ranks after training: {fingerprints}")
-    if not main:
-        return None  # only rank 0 reports
-    write_json(out / "summary.json", summary)
-    plots = plot_curves(read(out / "metrics.jsonl"), out) if cfg.log.plots else []
-    if dashboard:
-        dashboard.finish(summary, plots, say=print)
-    if trainer.checkpoint_error:  # the results are written; say that the last checkpoint is not
-        raise JobError(f"{trainer.checkpoint_error}; the run finished and wrote {out / 'summary.json'}, "
-                       f"but its newest checkpoint is {summary['checkpoint']}")  # fmt: skip
-    return summary

@@ -22,6 +22,8 @@ EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped with a checkpoint, run it again to con
 class Stopped(Exception):
     """Every rank stopped after ``step`` because of ``signal_name`` and the checkpoint is written."""
 
+    exit_code = EXIT_STOPPED
+
     def __init__(self, step: int, signal_name: str, checkpoint: str | None):
         self.step, self.signal_name, self.checkpoint = step, signal_name, checkpoint
         super().__init__(f"stopped by SIG{signal_name} after step {step}; checkpoint {checkpoint}")

@@ -126,13 +126,7 @@ class Trainer:
                 self.save(checkpoints)
                 window.restart_clock()
             if self.stop and not last and self.stop.agreed(self.strategy):  # pre-empted: checkpoint, then go
-                if self.step % log_every:
-                    self._emit(window.record(lr))
-                if checkpoints and not saved:
-                    window.check_finite()
-                    self.save(checkpoints)
-                latest = checkpoints.latest() if checkpoints else None
-                raise Stopped(self.step, self.stop.received or "(another rank's signal)", str(latest))
+                self._stop_here(window, checkpoints, lr, saved)
             self.timer.mark("other")
         window.check_finite()
         results = {split: self.evaluate(split) for split in ("val", "test")}
@@ -141,6 +135,16 @@ class Trainer:
         if checkpoints:
             self.save(checkpoints)
         return results
+
+    def _stop_here(self, window, checkpoints: CheckpointDir | None, lr: float, saved: bool) -> None:
+        """Every rank stops after this step: log it, checkpoint it (unless just saved), raise Stopped."""
+        if self.step % self.cfg.log.every:
+            self._emit(window.record(lr))
+        if checkpoints and not saved:
+            window.check_finite()
+            self.save(checkpoints)
+        latest = checkpoints.latest() if checkpoints else None
+        raise Stopped(self.step, self.stop.received or "(another rank's signal)", str(latest))
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict:

@@ -47,36 +47,41 @@ def _bn_inference(module: nn.Module, _args) -> None:
     module.training = False  # before every forward: model.train() cannot switch it back
 
 
+def _load_weights(model: nn.Module, cfg, head: str) -> dict:
+    """Load ``cfg.weights`` into ``model`` (all but its head with transfer.head=new), strictly by name and shape."""
+    state, path = read_state_dict(cfg.weights)
+    own = model.state_dict()
+    if cfg.head == "new":
+        state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
+        own = {k: v for k, v in own.items() if not k.startswith(head + ".")}
+    missing = [k for k in own if k not in state]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise UserError(
+            f"{path}: no weights for {shown} ({len(missing)} tensors of this model); "
+            "was it saved from the same architecture?"
+        )
+    for k, v in own.items():
+        if state[k].shape != v.shape:
+            raise UserError(
+                f"{path}: '{k}' has shape {tuple(state[k].shape)}, this model needs {tuple(v.shape)}"
+                + (" (the number of classes differs: use transfer.head=new)" if k.startswith(head + ".") else "")
+            )
+    unused = [k for k in state if k not in own]
+    if unused:  # e.g. GoogLeNet's auxiliary classifiers, which hpc_dl does not build
+        print(f"warning: {path}: {len(unused)} tensors not used by this model: {', '.join(unused[:5])}",
+              file=sys.stderr)  # fmt: skip
+    model.load_state_dict({k: state[k] for k in own}, strict=False)
+    return {"weights": str(path), "loaded": len(own)}
+
+
 def apply(model: nn.Module, cfg) -> tuple[dict[str, float], dict]:
     """Load ``cfg.weights`` into ``model`` (except a new head) and freeze; ``cfg`` is the transfer section.
     Returns the LR scale per trainable parameter name and a report for the run's summary."""
     head = head_name(model)
     report: dict = {"head": head}
     if cfg.weights:
-        state, path = read_state_dict(cfg.weights)
-        own = model.state_dict()
-        if cfg.head == "new":
-            state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
-            own = {k: v for k, v in own.items() if not k.startswith(head + ".")}
-        missing = [k for k in own if k not in state]
-        if missing:
-            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-            raise UserError(
-                f"{path}: no weights for {shown} ({len(missing)} tensors of this model); "
-                "was it saved from the same architecture?"
-            )
-        for k, v in own.items():
-            if state[k].shape != v.shape:
-                raise UserError(
-                    f"{path}: '{k}' has shape {tuple(state[k].shape)}, this model needs {tuple(v.shape)}"
-                    + (" (the number of classes differs: use transfer.head=new)" if k.startswith(head + ".") else "")
-                )
-        unused = [k for k in state if k not in own]
-        if unused:  # e.g. GoogLeNet's auxiliary classifiers, which hpc_dl does not build
-            print(f"warning: {path}: {len(unused)} tensors not used by this model: {', '.join(unused[:5])}",
-                  file=sys.stderr)  # fmt: skip
-        model.load_state_dict({k: state[k] for k in own}, strict=False)
-        report.update(weights=str(path), loaded=len(own))
+        report.update(_load_weights(model, cfg, head))
 
     freeze = cfg.freeze or ("backbone" if cfg.weights else "none")
     frozen = _frozen_modules(model, freeze, head)
