@@ -12,11 +12,12 @@ Images enter as uint8 (C, H, W) tensors and leave as normalised float32.
 """
 
 import torch
-from torchvision.transforms import v2
 
 
-def sample_transform(aug, mean, std, train: bool, geometry: list | None = None) -> v2.Compose:
-    """Per-image pipeline. ``geometry``: the data set's own resize/crop steps (e.g. ImageFolder's)."""
+def sample_transform(aug, mean, std, train: bool, geometry: list | None = None):
+    """Per-image pipeline (a v2.Compose). ``geometry``: the data set's own resize/crop steps (e.g. ImageFolder's)."""
+    from torchvision.transforms import v2  # imported when an image pipeline is built: torchvision is slow to load
+
     steps = list(geometry or [])
     random = train or aug.eval
     if random and aug.crop_padding:
@@ -32,14 +33,15 @@ def sample_transform(aug, mean, std, train: bool, geometry: list | None = None) 
     return v2.Compose(steps)
 
 
-class _PadCrop(v2.Transform):
+class _PadCrop:
     """v2.RandomCrop of the input's own size after zero padding (its size is per data set)."""
 
     def __init__(self, padding: int):
-        super().__init__()
         self.padding = padding
 
-    def forward(self, img):
+    def __call__(self, img):
+        from torchvision.transforms import v2
+
         return v2.RandomCrop(tuple(img.shape[-2:]), padding=self.padding)(img)
 
 

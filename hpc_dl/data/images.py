@@ -6,11 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from PIL import Image
-from sklearn.datasets import load_digits
 from torch.utils.data import TensorDataset
-from torchvision.transforms import v2
 
 from hpc_dl.data.augment import BatchAugment, sample_transform
 from hpc_dl.data.spec import DataSpec, Splits, Transformed, split_indices, tensor_splits
@@ -20,6 +17,8 @@ from hpc_dl.errors import UnreadableFile, UserError
 def digits(cfg) -> Splits:
     """scikit-learn's bundled 8x8 digits (values 0..16), optionally upsampled and repeated to
     more channels, normalised with the mean and standard deviation of the training split."""
+    from sklearn.datasets import load_digits
+
     bunch = load_digits()
     x = torch.as_tensor(bunch.images, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
     if cfg.image_size != 8:
@@ -142,6 +141,8 @@ def _augmented(parts, spec, aug, mean, std, geometry=(None, None)) -> Splits:
     if aug.on_device and geometry == (None, None):
         return Splits(*parts, spec=spec, batch_transform=BatchAugment(aug, mean, std))
     if aug.on_device:  # decode and resize in the loader; the rest on the device
+        from torchvision.transforms import v2
+
         to_uint8 = [v2.ToImage(), v2.ToDtype(torch.uint8, scale=True)]
         train, val, test = (Transformed(p, v2.Compose(geometry[i > 0] + to_uint8)) for i, p in enumerate(parts))
         return Splits(train, val, test, spec=spec, batch_transform=BatchAugment(aug, mean, std))
@@ -155,8 +156,10 @@ def _augmented(parts, spec, aug, mean, std, geometry=(None, None)) -> Splits:
 def _load_image(path: str):
     """ImageFolder's loader, naming the file it cannot decode. Checking every file up front would
     cost minutes on ImageNet on a shared file system, so a bad one is found when first loaded."""
+    from torchvision.datasets.folder import pil_loader
+
     try:
-        return torchvision.datasets.folder.pil_loader(path)
+        return pil_loader(path)
     # PIL reports corrupt data as OSError, SyntaxError, ValueError or EOFError, depending on the decoder.
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
@@ -164,6 +167,9 @@ def _load_image(path: str):
 
 
 def imagefolder(cfg) -> Splits:
+    import torchvision
+    from torchvision.transforms import v2
+
     root = Path(cfg.root)
     if not (root / "train").is_dir() or not (root / "val").is_dir():
         found = ", ".join(sorted(p.name for p in root.iterdir())) if root.is_dir() else "no such folder"

@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset, TensorDataset
 
 
@@ -42,6 +41,8 @@ class Splits:
 
 def split_indices(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int):
     """Stratified train/val/test index arrays, fixed by ``seed``; test is empty for test_fraction 0."""
+    from sklearn.model_selection import train_test_split
+
     idx = np.arange(len(labels))
     if test_fraction == 0:
         rest, test = idx, idx[:0]

@@ -6,9 +6,7 @@ shrink to nothing; otherwise the architectures are torchvision's own. The first
 convolution also takes the data's channel count (e.g. 1 for grey digits).
 """
 
-import torchvision
 from torch import nn
-from torchvision.models.googlenet import BasicConv2d
 
 
 def _resnet(model, c, small):
@@ -38,6 +36,8 @@ def _alexnet(model, c, small):
 
 
 def _googlenet(model, c, small):
+    from torchvision.models.googlenet import BasicConv2d
+
     if small:
         model.conv1 = BasicConv2d(c, 64, kernel_size=3, stride=1, padding=1)
         model.maxpool1 = nn.Identity()
@@ -57,6 +57,8 @@ STEMS = {
 
 
 def build(name: str, in_channels: int, num_outputs: int, small_input: bool) -> nn.Module:
+    import torchvision  # here, not at import: torchvision takes a second to load
+
     extra = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
     model = torchvision.models.get_model(name, weights=None, num_classes=num_outputs, **extra)
     STEMS[name](model, in_channels, small_input)

@@ -5,6 +5,7 @@ hold API keys or tokens.
 """
 
 import datetime
+import importlib.metadata
 import os
 import platform
 import socket
@@ -62,11 +63,9 @@ def environment() -> dict:
         "slurm": {k: os.environ[k] for k in SLURM_VARS if k in os.environ},
         "env": {k: os.environ[k] for k in OTHER_VARS if k in os.environ},
     }
-    try:
-        import torchvision
-
-        report["torchvision"] = torchvision.__version__
-    except ImportError:
+    try:  # its metadata, not the module: importing torchvision takes a second
+        report["torchvision"] = importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
         report["torchvision"] = None
     return report
 

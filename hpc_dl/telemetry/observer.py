@@ -12,7 +12,6 @@ from hpc_dl import config
 from hpc_dl.fileio import write_json, write_text
 from hpc_dl.telemetry import manifest, profiler
 from hpc_dl.telemetry.metrics import MetricsFile, read, throughput
-from hpc_dl.telemetry.plots import plot_curves
 from hpc_dl.telemetry.progress import Progress
 from hpc_dl.telemetry.sampler import Sampler
 from hpc_dl.telemetry.wandb_run import WandbRun
@@ -87,6 +86,10 @@ class RunObserver(contextlib.ExitStack):
         if not self.main:
             return
         write_json(self.out / "summary.json", summary)
-        plots = plot_curves(read(self.out / "metrics.jsonl"), self.out) if self.cfg.log.plots else []
+        plots = []
+        if self.cfg.log.plots:
+            from hpc_dl.telemetry.plots import plot_curves  # matplotlib: loaded only to draw
+
+            plots = plot_curves(read(self.out / "metrics.jsonl"), self.out)
         if self.dashboard:
             self.dashboard.finish(summary, plots, say=print)
