@@ -35,9 +35,9 @@ from hpc_dl import config
 from hpc_dl.errors import UserError
 from hpc_dl.fileio import write_json, write_text
 from hpc_dl.telemetry import manifest
+from hpc_dl.telemetry.record import RATES, STEP_TIMES
 
-FIGURES = ("samples_per_s", "tokens_per_s", "step_s", "data_s", "compute_s", "optimizer_s", "other_s", "comm_s",
-           "mfu", "tflops_per_device")  # fmt: skip
+FIGURES = (*RATES, *STEP_TIMES, "mfu", "tflops_per_device")  # a point's medians, from its summary
 GRAD_BYTES_PER_PARAMETER = 4  # DDP all-reduces fp32 gradients (autocast leaves parameters in fp32)
 
 
@@ -216,10 +216,9 @@ def analyse(rows: list[dict]) -> dict | None:
     return base
 
 
-COLUMNS = ["point", "nodes", "procs_per_node", "devices", "status", "batch_per_device", "global_batch",
-           "samples_per_s", "tokens_per_s", "step_s", "data_s", "compute_s", "optimizer_s", "other_s", "comm_s",
-           "mfu", "tflops_per_device", "allreduce_busbw_gbs", "grad_busbw_gbs", "ideal_speedup", "speedup",
-           "efficiency", "reason", "job_id", "run_dir"]  # fmt: skip
+COLUMNS = ["point", "nodes", "procs_per_node", "devices", "status", "batch_per_device", "global_batch", *FIGURES,
+           "allreduce_busbw_gbs", "grad_busbw_gbs", "ideal_speedup", "speedup", "efficiency", "reason", "job_id",
+           "run_dir"]  # fmt: skip
 
 
 def _cell(value, digits=3) -> str:

@@ -5,6 +5,7 @@ import statistics
 from pathlib import Path
 
 from hpc_dl.fileio import write_text
+from hpc_dl.telemetry.record import THROUGHPUT, Record
 
 
 class MetricsFile:
@@ -16,7 +17,7 @@ class MetricsFile:
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self.file = open(self.path, "a")  # noqa: SIM115 (open for the whole run)
 
-    def write(self, record: dict) -> None:
+    def write(self, record: Record) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
 
@@ -32,10 +33,6 @@ def read(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             pass  # a line cut short by a crash
     return records
-
-
-THROUGHPUT = ("mfu", "mfu_achievable", "tflops_per_device", "samples_per_s", "tokens_per_s", "step_s",
-              "data_s", "compute_s", "optimizer_s", "other_s", "comm_s")  # fmt: skip
 
 
 def throughput(records: list[dict]) -> dict:

@@ -10,8 +10,10 @@ import time
 
 from tqdm import tqdm
 
+from hpc_dl.telemetry.record import RATES
+
 # What a console line shows; metrics.jsonl has everything.
-SHOWN = ("epoch", "loss", "accuracy", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "mfu", "step_s", "samples")
+SHOWN = ("epoch", "loss", "accuracy", "lr", "grad_norm", *RATES, "mfu", "step_s", "samples")
 # The live bar: a fixed-width bar, then as many figures as the terminal has room for, most wanted first
 # (steps per second only on wide terminals: samples per second says more).
 BAR = "{percentage:3.0f}%|{bar:12}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}RATE{postfix}]"

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 from hpc_dl.config import Config, to_dict
 from hpc_dl.fileio import write_text
+from hpc_dl.telemetry.record import FLOP_RATES, RATES, STEP_TIMES
 
 STEP = "step"
 SECTIONS = ("train", "val", "perf", "system")  # chart sections, all plotted against the optimizer step
@@ -64,8 +65,7 @@ def choose_mode(wanted: str) -> tuple[str, str]:
 
 
 # The figures of a training record that describe speed, not learning: their own panel section.
-PERF = ("samples_per_s", "tokens_per_s", "tflops_per_device", "mfu", "mfu_achievable", "peak_tflops", "step_s",
-        "data_s", "compute_s", "optimizer_s", "other_s", "comm_s")  # fmt: skip
+PERF = (*RATES, *FLOP_RATES, "peak_tflops", *STEP_TIMES)
 RANK_KEYS_SKIPPED = ("rank", "samples", "throttle_reasons")  # identifiers and bit fields, not quantities
 
 

@@ -24,6 +24,8 @@ from hpc_dl.distributed import precision
 from hpc_dl.distributed.strategy import Strategy
 from hpc_dl.errors import CheckpointError, ConfigError, JobError
 from hpc_dl.fileio import DiskFullError
+from hpc_dl.telemetry import peaks
+from hpc_dl.telemetry.record import Record
 from hpc_dl.telemetry.timing import StepTimer
 from hpc_dl.train import rng
 from hpc_dl.train.optim import build_optimizer, build_scheduler
@@ -81,7 +83,7 @@ class Trainer:
         )
         self.loss_fn, self.correct_fn = TASKS[splits.spec.task]
         self.step = 0
-        self.observers: list[Callable[[dict], None]] = []
+        self.observers: list[Callable[[Record], None]] = []
         self.timer = StepTimer(self.device)
         strategy.time_communication(self.timer)
         self.flops_per_sample: float | None = None  # model FLOPs (forward + backward), for MFU
@@ -147,7 +149,7 @@ class Trainer:
         raise Stopped(self.step, self.stop.received or "(another rank's signal)", str(latest))
 
     @torch.no_grad()
-    def evaluate(self, split: str) -> dict:
+    def evaluate(self, split: str) -> Record:
         self.model.eval()
         totals = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss sum, correct, targets, samples
         ws, d = self.strategy, self.cfg.data
@@ -173,7 +175,7 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(self.device, non_blocking=True)
 
-    def _emit(self, record: dict) -> None:
+    def _emit(self, record: Record) -> None:
         if self.strategy.is_main:
             for observe in self.observers:
                 observe(record)
@@ -326,12 +328,12 @@ class _Window:
             "train.grad_clip, use fp32, or look for extreme values in the data"
         )
 
-    def record(self, lr: float) -> dict:
+    def record(self, lr: float) -> Record:
         tr = self.trainer
         self.check_finite()
         loss_sum, correct, targets = tr.strategy.all_reduce_sum(self.sums).tolist()
         elapsed = time.perf_counter() - self.t0
-        record = {
+        record: Record = {
             "split": "train",
             "step": tr.step,
             "epoch": round(tr.epoch, 4),
@@ -345,13 +347,12 @@ class _Window:
             record["tokens_per_s"] = self.timed_targets * tr.strategy.world_size / elapsed if elapsed > 0 else None
         record.update(_breakdown(tr.timer))
         if tr.flops_per_sample and elapsed > 0:
-            per_device = tr.flops_per_sample * self.timed_samples / elapsed  # this rank's share of the job
-            record["tflops_per_device"] = per_device / 1e12
+            work = tr.flops_per_sample * self.timed_samples  # this rank's share of the job
+            record["tflops_per_device"] = work / elapsed / 1e12
             if tr.peak_tflops:
-                record["mfu"] = per_device / (tr.peak_tflops * 1e12)
-                record["peak_tflops"] = tr.peak_tflops
+                record["mfu"], record["peak_tflops"] = peaks.mfu(work, elapsed, 1, tr.peak_tflops), tr.peak_tflops
             if tr.achievable_tflops:
-                record["mfu_achievable"] = per_device / (tr.achievable_tflops * 1e12)
+                record["mfu_achievable"] = peaks.mfu(work, elapsed, 1, tr.achievable_tflops)
         if tr.sampler is not None:  # every rank's utilisation, so the least busy GPU shows
             ranks = tr.strategy.gather_object(tr.sampler.window())
             record["ranks"] = ranks
