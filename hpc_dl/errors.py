@@ -27,3 +27,10 @@ class UnreadableFile(UserError):
         if message.startswith("Caught ") and "\nOriginal Traceback" in message:
             message = message.rstrip().rsplit("\n", 1)[-1].partition(": ")[2]
         super().__init__(message)
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, cut at ``limit`` characters (the type's name when
+    the message is empty): what a one-line error quotes of a library's multi-line one."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

@@ -26,19 +26,11 @@ import torch
 import torch.distributed as dist
 
 import hpc_dl
+from hpc_dl.telemetry.timing import bus_factor
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
-
-
-def bus_factor(op: str, n: int) -> float:
-    """busbw / algbw for ``op`` on ``n`` ranks (nccl-tests)."""
-    if op == "all_reduce":
-        return 2 * (n - 1) / n
-    if op in ("all_gather", "reduce_scatter"):
-        return (n - 1) / n
-    raise ValueError(f"unknown collective {op!r}; choose from {', '.join(OPS)}")
 
 
 def parse_bytes(text: str) -> int:

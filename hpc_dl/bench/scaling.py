@@ -36,6 +36,7 @@ from hpc_dl.errors import UserError
 from hpc_dl.fileio import write_json, write_text
 from hpc_dl.telemetry import manifest
 from hpc_dl.telemetry.record import RATES, STEP_TIMES
+from hpc_dl.telemetry.timing import bus_factor
 
 FIGURES = (*RATES, *STEP_TIMES, "mfu", "tflops_per_device")  # a point's medians, from its summary
 GRAD_BYTES_PER_PARAMETER = 4  # DDP all-reduces fp32 gradients (autocast leaves parameters in fp32)
@@ -196,7 +197,9 @@ def collect(run_dir: Path) -> dict:
     # Gradient bytes over the summed bucket all-reduce times, which overlap with backward and
     # queue behind each other: a lower bound on what the links did during training.
     row["grad_busbw_gbs"] = (
-        GRAD_BYTES_PER_PARAMETER * summary["parameters"] / comm / 1e9 * 2 * (n - 1) / n if comm and n > 1 else None
+        GRAD_BYTES_PER_PARAMETER * summary["parameters"] / comm / 1e9 * bus_factor("all_reduce", n)
+        if comm and n > 1
+        else None
     )
     return row
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from hpc_dl.checkpoint import deepspeed as ds_files
 from hpc_dl.checkpoint.files import CheckpointDir, load
-from hpc_dl.errors import CheckpointError
+from hpc_dl.errors import CheckpointError, first_line
 from hpc_dl.fileio import DiskFullError, write_json
 
 
@@ -53,8 +53,7 @@ def load_into(strategy, path: Path, check=lambda state: None) -> dict:
     try:
         strategy.load_state_dict(state)
     except (KeyError, RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0][:300]
-        raise CheckpointError(f"checkpoint {path} does not fit this run's model/optimizer: {first}") from e
+        raise CheckpointError(f"checkpoint {path} does not fit this run's model/optimizer: {first_line(e)}") from e
     return state
 
 

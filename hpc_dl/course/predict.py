@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 
 from hpc_dl.course import export
 from hpc_dl.data.tabular import MISSING, number, read_csv
-from hpc_dl.errors import UserError
+from hpc_dl.errors import UserError, first_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -75,7 +75,7 @@ def read_image(path: Path, inputs: dict) -> torch.Tensor:
         with Image.open(path) as f:
             img = v2.functional.pil_to_tensor(f.convert("L" if inputs["channels"] == 1 else "RGB"))
     except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
-        raise UserError(f"{path}: not a readable image ({str(e).strip().splitlines()[0][:120]})") from None
+        raise UserError(f"{path}: not a readable image ({first_line(e, 120)})") from None
     size = inputs["size"]
     steps = [v2.Resize(inputs["resize"], antialias=True), v2.CenterCrop(size)] if inputs.get("resize") else [
         v2.Resize((size, size), antialias=True)

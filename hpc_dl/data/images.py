@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 from hpc_dl.data.augment import BatchAugment, sample_transform
 from hpc_dl.data.spec import DataSpec, Splits, Transformed, split_indices, tensor_splits
-from hpc_dl.errors import UnreadableFile, UserError
+from hpc_dl.errors import UnreadableFile, UserError, first_line
 
 
 def digits(cfg) -> Splits:
@@ -162,7 +162,7 @@ def _load_image(path: str):
         return pil_loader(path)
     # PIL reports corrupt data as OSError, SyntaxError, ValueError or EOFError, depending on the decoder.
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        reason = first_line(e, 120)
         raise UnreadableFile(f"{path}: not a readable image ({reason}); remove or replace the file") from None
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from hpc_dl.errors import JobError
+from hpc_dl.telemetry.timing import bus_factor
 
 
 def _free_memory(device: torch.device) -> int:
@@ -131,7 +132,7 @@ def run(strategy, megabytes: float = 16.0, repeats: int = 5) -> list[dict]:
     payload = torch.ones(int(megabytes * 2**20 / 4), device=device)
     seconds = _time_all_reduce(payload, repeats)
     algbw = payload.numel() * 4 / seconds / 1e9
-    me["busbw_gbs"] = round(algbw * 2 * (n - 1) / n, 2)
+    me["busbw_gbs"] = round(algbw * bus_factor("all_reduce", n), 2)
     me["transport"] = nccl_transport() if device.type == "cuda" else "gloo"
     report = strategy.gather_object(me)
     if not all(r["all_reduce_ok"] for r in report):

@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from hpc_dl.distributed import preflight
 from hpc_dl.distributed.cluster import World
-from hpc_dl.errors import JobError, UserError
+from hpc_dl.errors import JobError, UserError, first_line
 
 FORMED = False  # set once this process has joined a process group (see cli.main)
 
@@ -139,7 +139,7 @@ class Group:
         if not gone:
             return None
         why = "; ".join(f"rank {r}: {m}" for r, m in reasons.items())
-        seen = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        seen = first_line(error, 200)
         who = describe_missing(gone, w, self.members)
         ended = self.end_unresponsive([r for r in gone if r not in reasons])
         return (
@@ -192,7 +192,7 @@ def init(world: World, backend: str, timeout_s: float) -> Group:
     except (RuntimeError, dist.DistError) as e:
         raise UserError(
             f"rank {world.rank} could not reach the rendezvous at {world.master_addr}:{world.master_port} "
-            f"within {timeout_s:g} s ({str(e).splitlines()[0]})"
+            f"within {timeout_s:g} s ({first_line(e)})"
         ) from e
     global FORMED
     FORMED = True

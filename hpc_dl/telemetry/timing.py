@@ -64,3 +64,13 @@ def timed_allreduce_hook(timer: StepTimer):
         return future.then(done)
 
     return hook
+
+
+def bus_factor(op: str, n: int) -> float:
+    """busbw / algbw for ``op`` on ``n`` ranks, as nccl-tests defines it: the bandwidth each link
+    carries, comparable across rank counts (an all-reduce moves 2(n-1)/n of the buffer per rank)."""
+    if op == "all_reduce":
+        return 2 * (n - 1) / n
+    if op in ("all_gather", "reduce_scatter"):
+        return (n - 1) / n
+    raise ValueError(f"unknown collective {op!r}; choose from all_reduce, all_gather, reduce_scatter")
