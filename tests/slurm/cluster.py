@@ -118,6 +118,7 @@ class Cluster:
             raise ClusterError(reason)
         if STATE.exists():
             stop()  # left over from a killed test session
+        _clear_network()  # and what one killed without its state file left
         install()
         cluster = cls(Path(tempfile.mkdtemp(prefix="hpc_dl-slurm-")))
         try:
@@ -322,18 +323,7 @@ def stop() -> None:
             time.sleep(0.1)
         if _alive(pid):
             os.killpg(pid, signal.SIGKILL)
-    for node in NODES:
-        for pid in _run("ip", "netns", "pids", node, check=False).stdout.split():  # job processes left inside
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        _run("ip", "netns", "delete", node, check=False)
-        _run("ip", "link", "delete", f"{node[-2:]}h-{BRIDGE}"[:15], check=False)
-    _run("ip", "link", "delete", BRIDGE, check=False)
-    hosts = Path("/etc/hosts")
-    if HOSTS_TAG in hosts.read_text():
-        hosts.write_text("".join(line for line in hosts.read_text().splitlines(True) if HOSTS_TAG not in line))
+    _clear_network()
     for node in NODES:  # the cgroups slurmd made (cgroup mode): a folder is removed once it is empty
         for top in CGROUP_ROOT.glob(f"*/slurm_{node}"):
             for group in sorted(top.rglob("*"), key=lambda g: -len(g.parts)) + [top]:
@@ -366,3 +356,20 @@ if __name__ == "__main__":
         stop()
     else:
         sys.exit(__doc__)
+
+
+def _clear_network() -> None:
+    """Remove the nodes' namespaces (and what still runs in them), the bridge and the /etc/hosts lines;
+    also what a session killed without its state file left (the next start would find them taken)."""
+    for node in NODES:
+        for pid in _run("ip", "netns", "pids", node, check=False).stdout.split():  # job processes left inside
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        _run("ip", "netns", "delete", node, check=False)
+        _run("ip", "link", "delete", f"{node[-2:]}h-{BRIDGE}"[:15], check=False)
+    _run("ip", "link", "delete", BRIDGE, check=False)
+    hosts = Path("/etc/hosts")
+    if HOSTS_TAG in hosts.read_text():
+        hosts.write_text("".join(line for line in hosts.read_text().splitlines(True) if HOSTS_TAG not in line))
