@@ -111,10 +111,6 @@ def train(cfg: config.Config, run_dir: str | None = None, resume: str | None = N
         try:
             with named_failures(strategy.group):
                 return _train(cfg, strategy, run_dir, resume, t0, on_step or (lambda step: None), stop, held)
-        except Stopped as stopped:
-            if strategy.is_main:
-                print(f"{stopped}; {requeue_self()}", flush=True)
-            raise
         finally:
             strategy.close()
 
@@ -154,7 +150,12 @@ def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, st
         for line in _introduction(cfg, strategy, built, out, resumed):
             observer.say(line)
         trainer.observers, trainer.sampler, trainer.stop = observer.observers, observer.sampler, stop
-        results = trainer.fit(ckpts, on_step=observer.on_step(on_step))
+        try:
+            results = trainer.fit(ckpts, on_step=observer.on_step(on_step))
+        except Stopped as stopped:  # before anything closes: `scontrol requeue` ends this job step
+            if strategy.is_main:
+                requeue_self(stopped, observer.say)
+            raise
     fingerprints = strategy.gather_object(strategy.parameter_fingerprint())
     if len(set(fingerprints)) > 1 and strategy.name != "deepspeed":
         observer.say(f"warning: the model differs between ranks after training: {fingerprints}")
