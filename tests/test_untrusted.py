@@ -104,3 +104,19 @@ def test_a_cifar_batch_that_holds_code_is_refused(tmp_path):
         f"error: {folder / 'data_batch_1'} holds 'pathlib.Path.touch', which the CIFAR format never contains; "
         "refusing to unpickle it"
     )
+
+
+@pytest.mark.parametrize("where", ["file", "override"])
+def test_a_config_cannot_construct_python_objects(tmp_path, where):
+    """YAML's python tags (what yaml.unsafe_load would act on) are refused, in a file and in an override."""
+    marker = tmp_path / "MARKER"
+    tag = f"!!python/object/apply:os.system ['touch {marker}']"
+    if where == "file":
+        (tmp_path / "evil.yaml").write_text(f"train:\n  seed: {tag}\n")
+        proc = run_cli("config", tmp_path / "evil.yaml", cwd=tmp_path, check=False)
+    else:
+        proc = run_cli("config", f"train.seed={tag}", cwd=tmp_path, check=False)
+    assert not marker.exists(), "the config ran a command"
+    expected = "could not determine a constructor for the tag" if where == "file" else "train.seed"
+    assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr

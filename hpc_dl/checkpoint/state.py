@@ -13,7 +13,7 @@ from hpc_dl.fileio import DiskFullError, write_json
 def save(strategy, ckpts: CheckpointDir, step: int, extra: dict) -> None:
     """Every rank takes part and returns when the checkpoint is complete; rank 0 raises
     DiskFullError when it could not write it (the previous one is kept)."""
-    if getattr(strategy, "sharded", False):
+    if strategy.sharded:
         return _save_folder(strategy, ckpts, step, extra)
     state = strategy.state_dict()  # every rank takes part (needed by sharded strategies)
     failed = None
@@ -44,7 +44,7 @@ def load_into(strategy, path: Path, check=lambda state: None) -> dict:
     """Restore the strategy's model and optimizer state from ``path``; returns the whole
     checkpoint. ``check(state)`` may refuse it before anything is loaded."""
     path = Path(path)
-    if getattr(strategy, "sharded", False):
+    if strategy.sharded:
         return _load_folder(strategy, path, check)
     if path.is_dir():
         raise CheckpointError(f"{path} is a DeepSpeed checkpoint folder; resume it with dist.strategy=deepspeed")

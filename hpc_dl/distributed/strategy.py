@@ -31,6 +31,7 @@ def select_device(choice: str, local_rank: int = 0) -> torch.device:
 
 class Strategy:
     name = "single"
+    sharded = False  # True: checkpoints are folders of per-rank parts the strategy writes (save_shards)
 
     def __init__(self, cfg, device: torch.device, group: process_group.Group | None = None):
         self.cfg, self.device, self.group = cfg, device, group

@@ -67,7 +67,12 @@ class RunObserver(contextlib.ExitStack):
     @property
     def observers(self) -> list:
         """What the trainer hands each record to (rank 0)."""
-        return [self.progress.log] + [o.write for o in [self.metrics] if o] + [o.log for o in [self.dashboard] if o]
+        observers = [self.progress.log]
+        if self.metrics:
+            observers.append(self.metrics.write)
+        if self.dashboard:
+            observers.append(self.dashboard.log)
+        return observers
 
     def on_step(self, also):
         def step(n: int) -> None:

@@ -162,11 +162,12 @@ def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, st
     if not strategy.is_main:
         return None  # only rank 0 reports
     summary = _summary(cfg, strategy, built, out, resumed, t0, observer.throughput(), checked, results, ckpts)
-    observer.finish({**summary, "parameter_fingerprints": fingerprints})  # one per rank; equal when they agree
+    summary["parameter_fingerprints"] = fingerprints  # one per rank; equal when the replicas agree
+    observer.finish(summary)
     if trainer.checkpoint_error:  # the results are written; say that the last checkpoint is not
         raise JobError(f"{trainer.checkpoint_error}; the run finished and wrote {out / 'summary.json'}, "
                        f"but its newest checkpoint is {summary['checkpoint']}")  # fmt: skip
-    return {**summary, "parameter_fingerprints": fingerprints}
+    return summary
 
 
 def _preflight(cfg: config.Config, strategy) -> dict | None:

@@ -58,19 +58,28 @@ class SignalStop:
         return strategy.any_rank(self.received is not None) if self.signals or self.received else False
 
 
+def _requeued_elsewhere() -> str | None:
+    """Why this process does not requeue the job itself, or None when it does."""
+    owner = os.environ.get("HPC_DL_REQUEUE", "")
+    if owner in ("batch", "submitit"):
+        return f"the job is requeued by {owner}"
+    if owner == "off":
+        return "not requeued (HPC_DL_REQUEUE=off)"
+    if "SLURM_JOB_ID" not in os.environ:
+        return "not a Slurm job: run the same command with --resume auto to continue"
+    if not shutil.which("scontrol"):
+        return "no scontrol here (a container?): requeue the job from outside, or use slurm/train.sbatch"
+    return None
+
+
 def requeue_self(stopped: Stopped, say) -> None:
     """Requeue this Slurm job (only this task of an array) unless someone else owns the requeue, and
     ``say`` so. ``scontrol requeue`` ends this job step at once, and with it the output srun still
     forwards, so the line is said first; a failed requeue is said after it."""
-    owner = os.environ.get("HPC_DL_REQUEUE", "")
-    if owner in ("batch", "submitit", "off"):
-        return say(f"{stopped}; " + (f"the job is requeued by {owner}" if owner != "off" else
-                                     "not requeued (HPC_DL_REQUEUE=off)"))  # fmt: skip
-    if "SLURM_JOB_ID" not in os.environ:
-        return say(f"{stopped}; not a Slurm job: run the same command with --resume auto to continue")
-    if not shutil.which("scontrol"):
-        return say(f"{stopped}; no scontrol here (a container?): requeue the job from outside, or use "
-                   "slurm/train.sbatch")  # fmt: skip
+    reason = _requeued_elsewhere()
+    if reason:
+        say(f"{stopped}; {reason}")
+        return
     job = cluster.job_id()
     say(f"{stopped}; requeued Slurm job {job}")
     proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
