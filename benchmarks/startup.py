@@ -5,7 +5,9 @@ for torch at all.
 
 Each command runs as a fresh process; the clock starts before the process is spawned and stops when
 its first step is reported on stdout (`train step 1/` with log.every=1, or the script's `step 1`),
-or when a login-node command exits. Rounds alternate the order so drift on a shared machine hits every
+or when a login-node command exits. The time to exit of the 2-step jobs is recorded too: W&B starts on a
+thread after the first step, so its cost moves out of the start-up and shows there instead.
+Rounds alternate the order so drift on a shared machine hits every
 command; the result is the median per command over the rounds, with the range, and the machine's manifest.
 
     .venv/bin/python benchmarks/startup.py --rounds 7 --out benchmarks/results/startup_cpu.json
@@ -55,7 +57,8 @@ def commands(hpc_dl: str, folder: Path) -> dict[str, tuple[list[str], str | None
     }
 
 
-def time_one(argv: list[str], marker: str | None, env: dict) -> float:
+def time_one(argv: list[str], marker: str | None, env: dict) -> tuple[float, float]:
+    """(seconds to the marker line, or to exit without one; seconds to exit)."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     seen = None
@@ -65,7 +68,26 @@ def time_one(argv: list[str], marker: str | None, env: dict) -> float:
     proc.wait()
     if proc.returncode != 0 or (marker and seen is None):
         raise SystemExit(f"{argv[:3]} failed (exit {proc.returncode}) or never reported its first step")
-    return seen if marker else time.perf_counter() - start
+    done = time.perf_counter() - start
+    return (seen if marker else done), done
+
+
+def summarise(times: dict[str, list[float]], exits: dict[str, list[float]]) -> dict:
+    """Medians and ranges per command; against the minimal script, the median of the per-round
+    differences (each round runs both on the same machine state, so drift cancels) with their range."""
+    base = times["minimal PyTorch script"]
+    paired = {n: sorted(a - b for a, b in zip(t, base)) for n, t in times.items() if "train" in n}
+    return {
+        "benchmark": "startup",
+        "what": "seconds from spawning the process to its first training step (or to exit)",
+        "median_s": {n: round(statistics.median(t), 3) for n, t in times.items()},
+        "range_s": {n: [round(min(t), 3), round(max(t), 3)] for n, t in times.items()},
+        "over_minimal_s": {n: round(statistics.median(d), 3) for n, d in paired.items()},
+        "over_minimal_range_s": {n: [round(d[0], 3), round(d[-1], 3)] for n, d in paired.items()},
+        "exit_median_s": {n: round(statistics.median(t), 3) for n, t in exits.items() if "train" in n},
+        "rounds_s": {n: [round(v, 3) for v in t] for n, t in times.items()},
+        "exit_rounds_s": {n: [round(v, 3) for v in t] for n, t in exits.items() if "train" in n},
+    }
 
 
 def main() -> None:
@@ -77,6 +99,7 @@ def main() -> None:
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     env.pop("WANDB_API_KEY", None)
     times: dict[str, list[float]] = {}
+    exits: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         cmds = commands(args.hpc_dl, Path(tmp))
         names = list(cmds)
@@ -84,22 +107,16 @@ def main() -> None:
             for name in names if r % 2 == 0 else names[::-1]:
                 for sub in Path(tmp).iterdir():  # a fresh run directory every time
                     subprocess.run(["rm", "-rf", str(sub)], check=True)
-                times.setdefault(name, []).append(time_one(*cmds[name], env))
+                first, done = time_one(*cmds[name], env)
+                times.setdefault(name, []).append(first)
+                exits.setdefault(name, []).append(done)
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in names),
                   file=sys.stderr, flush=True)  # fmt: skip
-    base = statistics.median(times["minimal PyTorch script"])
-    result = {
-        "benchmark": "startup",
-        "what": "seconds from spawning the process to its first training step (or to exit)",
-        "median_s": {n: round(statistics.median(t), 3) for n, t in times.items()},
-        "range_s": {n: [round(min(t), 3), round(max(t), 3)] for n, t in times.items()},
-        "over_minimal_s": {n: round(statistics.median(t) - base, 3) for n, t in times.items() if "train" in n},
-        "rounds_s": {n: [round(v, 3) for v in t] for n, t in times.items()},
-    }
+    result = summarise(times, exits)
     from hpc_dl.telemetry import manifest
 
     result["manifest"] = manifest.environment()
-    print(json.dumps({k: v for k, v in result.items() if k not in ("rounds_s", "manifest")}, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("rounds_s", "exit_rounds_s", "manifest")}, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")

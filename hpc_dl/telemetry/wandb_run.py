@@ -7,12 +7,14 @@ directory. W&B is a view, never the record: everything logged here is also in
 metrics.jsonl, and a W&B failure never stops training.
 """
 
+import importlib.util
 import netrc
 import os
 import statistics
 import urllib.error
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -95,10 +97,18 @@ def _number(value) -> bool:
 
 
 class WandbRun:
-    """Rank 0's W&B run. ``start`` returns None when W&B is off or could not start."""
+    """Rank 0's W&B run. ``start`` returns None when W&B is off or not installed.
 
-    def __init__(self, run, mode: str, out: Path):
-        self.run, self.mode, self.out = run, mode, out
+    Importing wandb and starting its service take seconds (about 2.5 s here, more from a shared
+    file system) and, on a thread, would still slow training's own start through the GIL. So the
+    start begins with the first record (after the first step is shown) on a thread: records logged
+    before the run is up wait in a list and go out, in order, once it is; the thread's messages are
+    said on the main thread. ``run`` and ``finish`` wait for the start. A failed start only costs
+    the dashboard."""
+
+    def __init__(self, opening: tuple, out: Path, say):
+        self._opening, self._starting, self.out, self.say = opening, None, out, say
+        self._run, self.mode, self.waiting = None, None, []
         last = out / LAST_STEP
         # W&B drops steps that do not increase; a resumed job redoes the steps after its checkpoint
         self.logged = int(last.read_text()) if last.is_file() and last.read_text().strip().isdigit() else -1
@@ -111,9 +121,7 @@ class WandbRun:
         if mode == "disabled":
             say(f"W&B: disabled ({why})")
             return None
-        try:
-            import wandb
-        except ImportError:
+        if importlib.util.find_spec("wandb") is None:
             say("W&B: the wandb package is not installed (pip install wandb); metrics go to metrics.jsonl only")
             return None
         id_file = out / "wandb_id"
@@ -138,27 +146,58 @@ class WandbRun:
             name=out.name, tags=list(log.wandb_tags) or None, notes=log.wandb_notes, dir=str(out), id=run_id,
             resume="allow", config=run_config,
         )  # fmt: skip
+        return cls((mode, why, kwargs), out, say)
+
+    @classmethod
+    def _open(cls, mode: str, why: str, kwargs: dict) -> tuple:
+        """(run or None, mode, lines to say): on the start thread, so it says nothing itself."""
+        import wandb
+
         if mode == "online" and not reachable(_base_url()):
             mode, why = "offline", f"{_base_url()} did not answer within 3 s"
+        lines = []
         try:
             run = cls._init(wandb, mode, kwargs)
         except Exception as e:  # noqa: BLE001 - no network, bad entity, ...: the run goes on
             if mode != "online":
-                say(f"W&B: could not start ({type(e).__name__}: {e}); metrics go to metrics.jsonl only")
-                return None
-            say(f"W&B: online start failed ({type(e).__name__}: {e}); logging offline instead")
+                return None, mode, [f"W&B: could not start ({type(e).__name__}: {e}); metrics go to metrics.jsonl only"]
+            lines.append(f"W&B: online start failed ({type(e).__name__}: {e}); logging offline instead")
             mode = "offline"
             wandb.teardown()  # the failed online attempt still holds the run id in W&B's service
             try:
                 run = cls._init(wandb, mode, kwargs)
             except Exception as e2:  # noqa: BLE001
-                say(f"W&B: could not start offline either ({type(e2).__name__}: {e2})")
-                return None
+                return None, mode, [*lines, f"W&B: could not start offline either ({type(e2).__name__}: {e2})"]
         run.define_metric(STEP)
         for section in SECTIONS:
             run.define_metric(f"{section}/*", step_metric=STEP)
-        say(f"W&B: {mode} run {run.id} ({why})" + (f", {run.url}" if mode == "online" and run.url else ""))
-        return cls(run, mode, out)
+        lines.append(f"W&B: {mode} run {run.id} ({why})" + (f", {run.url}" if mode == "online" and run.url else ""))
+        return run, mode, lines
+
+    def _started(self, wait: bool) -> bool:
+        """Has the start finished (waiting for it if asked)? Says its lines and sends what waited, once."""
+        if self._opening:
+            pool = ThreadPoolExecutor(1, thread_name_prefix="wandb-start")
+            self._starting, self._opening = pool.submit(self._open, *self._opening), None
+            pool.shutdown(wait=False)  # the thread ends with the start
+        if self._starting is None:
+            return True
+        if not wait and not self._starting.done():
+            return False
+        self._run, self.mode, lines = self._starting.result()
+        self._starting = None
+        for line in lines:
+            self.say(line)
+        waiting, self.waiting = self.waiting, []
+        for record in waiting:
+            self._log(record)
+        return True
+
+    @property
+    def run(self):
+        """The wandb run (waits for the start; None if it failed)."""
+        self._started(wait=True)
+        return self._run
 
     @staticmethod
     def _init(wandb, mode: str, kwargs: dict):
@@ -170,6 +209,14 @@ class WandbRun:
         return wandb.init(settings=settings, **kwargs)
 
     def log(self, record: dict) -> None:
+        if self._started(wait=False):
+            self._log(record)
+        else:
+            self.waiting.append(record)
+
+    def _log(self, record: dict) -> None:
+        if self._run is None:
+            return
         for r in record.get("ranks", []):
             sums = self.ranks.setdefault(r["rank"], {"host": r.get("host"), "windows": 0})
             sums["windows"] += 1
@@ -191,6 +238,8 @@ class WandbRun:
     ) -> None:
         """Summary values and the plots (as ``section/<file stem>``), then close the run (exit_code != 0
         marks it failed; ``preempted``: it will resume, as the same W&B run)."""
+        if self.run is None:
+            return
         import wandb
 
         try:

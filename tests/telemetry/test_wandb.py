@@ -1,6 +1,7 @@
 """W&B: the offline run of a job is read back from its own files with the wandb CLI."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,29 @@ def test_offline_run_has_the_curves_as_images(default_run):
         assert image["_type"] == "image-file"
         path = next((run_dir / "wandb").glob("offline-run-*")) / "files" / image["path"]
         assert matplotlib.image.imread(path).shape[:2] == (image["height"], image["width"])
+
+
+STARTED_LATE = """
+import sys
+from pathlib import Path
+from hpc_dl import config
+from hpc_dl.telemetry.wandb_run import WandbRun
+out = Path(sys.argv[1])
+run = WandbRun.start(config.load(None, ["log.wandb=true"]), out, {}, say=print)
+assert "wandb" not in sys.modules, "W&B was imported before the first record"
+for step in range(1, 6):
+    run.log({"split": "train", "step": step, "loss": 1.0 / step})
+run.finish(None, [])
+"""
+
+
+def test_wandb_starts_off_the_critical_path_and_keeps_every_record(tmp_path):
+    """Training's start does not wait for W&B: nothing of wandb is imported until the first record,
+    which begins the start on a thread; the records logged meanwhile all reach the run, in order."""
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    subprocess.run([sys.executable, "-c", STARTED_LATE, str(tmp_path)], check=True, timeout=180, env=env)
+    history = [r["history"]["item"] for r in inspect(tmp_path, summary=False) if r["type"] == "history"]
+    assert [(h["step"], h["train/loss"]) for h in history] == [(s, 1.0 / s) for s in range(1, 6)]
 
 
 def test_wandb_off_writes_nothing(cli, tmp_path):
