@@ -57,6 +57,12 @@ def _script_safe(section: Any, name: str) -> None:
 
 
 # --------------------------------------------------------------------- models
+# The one list of each family's names: hpc_dl.models builds every name here (torchvision by its own
+# name, a CIFAR ResNet's depth from its number), so adding a model is one edit, checked by the zoo test.
+TORCHVISION_MODELS = ("alexnet", "vgg11", "vgg16", "googlenet", "resnet18", "resnet50")
+CIFAR_RESNETS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110")  # 6n+2 layers
+
+
 @dataclass
 class MLPConfig:
     name: Literal["mlp"] = "mlp"
@@ -86,7 +92,7 @@ class LeNetConfig:
 class TorchvisionConfig:
     """torchvision's implementation, randomly initialised."""
 
-    name: Literal["alexnet", "vgg11", "vgg16", "googlenet", "resnet18", "resnet50"] = "resnet18"
+    name: Literal[TORCHVISION_MODELS] = "resnet18"
     small_input: bool = _opt(
         False, "adapt the stem for small images (e.g. 32x32): 3x3 stride-1 first conv, no early pooling"
     )
@@ -96,7 +102,7 @@ class TorchvisionConfig:
 class CifarResNetConfig:
     """He et al. 2016's CIFAR ResNets (6n+2 layers, three stages of width 16, 32, 64)."""
 
-    name: Literal["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"] = "resnet20"
+    name: Literal[CIFAR_RESNETS] = "resnet20"
     width: int = _opt(16, "channels of the first stage (doubled in each later one)", ge=1)
 
 

@@ -94,8 +94,8 @@ MODELS: dict[str, Entry] = {
     "mlp": Entry(_mlp, DataSpec((30,), 2), "multi-layer perceptron; hidden=[] is a single perceptron"),
     "cnn": Entry(_cnn, DataSpec((1, 8, 8), 10), "small conv-pool CNN (the embedded default)"),
     "lenet5": Entry(_lenet, DataSpec((1, 32, 32), 10), "LeNet-5, 32x32 input, tanh, 61,706 parameters"),
-    **{n: Entry(_torchvision, _IMAGENET, f"torchvision {n}; small_input for 32x32") for n in vision.STEMS},
-    **{n: Entry(_cifar_resnet, _CIFAR, f"CIFAR ResNet, {6 * d + 2} layers") for n, d in cifar_resnet.DEPTHS.items()},
+    **{n: Entry(_torchvision, _IMAGENET, f"torchvision {n}; small_input for 32x32") for n in config.TORCHVISION_MODELS},
+    **{n: Entry(_cifar_resnet, _CIFAR, f"CIFAR ResNet, {n[6:]} layers") for n in config.CIFAR_RESNETS},
     "gpt": Entry(_gpt, DataSpec((256,), 50257, task="lm"), "GPT-style decoder-only transformer"),
 }
 

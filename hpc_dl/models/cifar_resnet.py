@@ -5,7 +5,13 @@ Shortcuts that change shape use a 1x1 convolution (the paper's option B)."""
 import torch.nn.functional as F
 from torch import nn
 
-DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
+
+def blocks_per_stage(name: str) -> int:
+    """``resnet<6n+2>`` -> n (resnet20 -> 3, resnet110 -> 18)."""
+    layers = int(name.removeprefix("resnet"))
+    if (layers - 2) % 6:
+        raise ValueError(f"a CIFAR ResNet has 6n+2 layers, not {layers}")
+    return (layers - 2) // 6
 
 
 class BasicBlock(nn.Module):
@@ -27,7 +33,7 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     def __init__(self, depth_name: str, in_channels: int, num_outputs: int, width: int = 16):
         super().__init__()
-        n = DEPTHS[depth_name]
+        n = blocks_per_stage(depth_name)
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)
         )

@@ -6,6 +6,8 @@ shrink to nothing; otherwise the architectures are torchvision's own. The first
 convolution also takes the data's channel count (e.g. 1 for grey digits).
 """
 
+import re
+
 from torch import nn
 
 
@@ -46,14 +48,12 @@ def _googlenet(model, c, small):
         model.conv1 = BasicConv2d(c, 64, kernel_size=7, stride=2, padding=3)
 
 
-STEMS = {
-    "resnet18": _resnet,
-    "resnet50": _resnet,
-    "vgg11": _vgg,
-    "vgg16": _vgg,
-    "alexnet": _alexnet,
-    "googlenet": _googlenet,
-}
+STEMS = {"resnet": _resnet, "vgg": _vgg, "alexnet": _alexnet, "googlenet": _googlenet}  # by family
+
+
+def stem(name: str):
+    """The stem adapter of a torchvision model's family (``resnet50`` -> ``_resnet``)."""
+    return STEMS[re.match(r"[a-z]+", name).group()]
 
 
 def build(name: str, in_channels: int, num_outputs: int, small_input: bool) -> nn.Module:
@@ -61,5 +61,5 @@ def build(name: str, in_channels: int, num_outputs: int, small_input: bool) -> n
 
     extra = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
     model = torchvision.models.get_model(name, weights=None, num_classes=num_outputs, **extra)
-    STEMS[name](model, in_channels, small_input)
+    stem(name)(model, in_channels, small_input)
     return model

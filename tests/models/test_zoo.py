@@ -41,7 +41,7 @@ SMALL = {  # name -> data overrides for a few training steps at an intended size
 @pytest.mark.parametrize("name", list(models.MODELS))
 def test_every_model_trains_a_few_steps(tmp_path, name):
     data_over = SMALL.get(name, ["data.name=synthetic_images", "data.shape=[3,32,32]", "data.samples=8"])
-    model_over = ["model.small_input=true"] if name in models.vision.STEMS else []
+    model_over = ["model.small_input=true"] if name in config.TORCHVISION_MODELS else []
     run = ["data.batch_size=4", "data.eval_batch_size=64", "train.steps=3", "train.eval_every=0", "log.progress=off"]
     cfg = config.load(None, [f"model.name={name}", *model_over, *data_over, *run, "log.plots=false"])
     if name == "gpt":
