@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from hpc_dl.distributed import cluster, preflight, process_group
+from hpc_dl.distributed.precision import autocast_dtype
 from hpc_dl.errors import ConfigError
 
 
@@ -33,8 +34,9 @@ class Strategy:
     name = "single"
     sharded = False  # True: checkpoints are folders of per-rank parts the strategy writes (save_shards)
 
-    def __init__(self, cfg, device: torch.device, group: process_group.Group | None = None):
-        self.cfg, self.device, self.group = cfg, device, group
+    def __init__(self, dist, device: torch.device, group: process_group.Group | None = None):
+        """``dist``: the config's ``dist`` section, the only one a strategy reads."""
+        self.dist, self.device, self.group = dist, device, group
         self.world = group.world if group else cluster.World()
         self._cpu_group = None  # for any_rank
 
@@ -138,7 +140,7 @@ class DDP(Strategy):
 
     def setup(self, module, optimizer, scheduler, scaler, wrap=lambda m: m):
         super().setup(module, optimizer, scheduler, scaler)
-        d = self.cfg.dist
+        d = self.dist
         self.ddp = nn.parallel.DistributedDataParallel(
             module,
             device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -172,7 +174,7 @@ def build(cfg) -> Strategy:
                 f"dist.strategy = 'single' runs one process, but {world.world_size} were started "
                 f"(by {world.launcher}): use dist.strategy=ddp or deepspeed"
             )
-        return Strategy(cfg, select_device(cfg.train.device, world.local_rank))
+        return Strategy(cfg.dist, select_device(cfg.train.device, world.local_rank))
     if world.launcher == "single":  # a distributed strategy in one plain process: a world of one
         world.launcher, world.master_port = "local", _free_port()
     process_group.check(world)
@@ -182,7 +184,9 @@ def build(cfg) -> Strategy:
         preflight.capture_nccl_log()
     group = process_group.init(world, "nccl" if device.type == "cuda" else "gloo", cfg.dist.timeout_s)
     if name == "ddp":
-        return DDP(cfg, device, group)
-    from hpc_dl.distributed.zero import DeepSpeed  # imports deepspeed, which is slow and optional
+        return DDP(cfg.dist, device, group)
+    from hpc_dl.distributed import zero  # imports deepspeed, which is slow and optional
 
-    return DeepSpeed(cfg, device, group)
+    # DeepSpeed's own config repeats the batch, optimizer and precision settings: made here, from them
+    engine = zero.deepspeed_config(cfg, world.world_size, autocast_dtype(cfg.train.precision, device))
+    return zero.DeepSpeed(cfg.dist, device, group, engine)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from hpc_dl.distributed.precision import autocast_dtype
 from hpc_dl.distributed.strategy import Strategy
 from hpc_dl.errors import ConfigError
 
@@ -64,6 +63,11 @@ def deepspeed_config(cfg, world_size: int, dtype) -> dict:
 class DeepSpeed(Strategy):
     name = "deepspeed"
 
+    def __init__(self, dist, device: torch.device, group, engine_config: dict):
+        """``engine_config``: DeepSpeed's JSON config (``deepspeed_config``)."""
+        super().__init__(dist, device, group)
+        self.config = engine_config
+
     def setup(self, module, optimizer, scheduler, scaler, wrap=lambda m: m):
         import deepspeed
 
@@ -75,7 +79,6 @@ class DeepSpeed(Strategy):
         for name, value in (("RANK", self.world.rank), ("LOCAL_RANK", self.world.local_rank),
                             ("WORLD_SIZE", self.world.world_size)):  # fmt: skip
             os.environ.setdefault(name, str(value))
-        self.config = deepspeed_config(self.cfg, self.world_size, autocast_dtype(self.cfg.train.precision, self.device))
         in_config = "optimizer" in self.config
         schedule = scheduler.lr_lambdas[0]
 
@@ -116,7 +119,7 @@ class DeepSpeed(Strategy):
         return self.engine.load_checkpoint(parent, tag=tag)
 
     def parameter_fingerprint(self) -> str:
-        if self.cfg.dist.zero_stage == 3:  # parameters are partitioned: gather each to compare
+        if self.dist.zero_stage == 3:  # parameters are partitioned: gather each to compare
             import deepspeed
 
             with deepspeed.zero.GatheredParameters(list(self.module.parameters())):

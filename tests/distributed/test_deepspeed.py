@@ -47,7 +47,7 @@ def test_consolidated_fp32_state_dict_loads_into_the_plain_model(tmp_path):
     assert all(v.dtype == torch.float32 for v in state.values())
     from hpc_dl.distributed.strategy import Strategy
 
-    s = Strategy(cfg, torch.device("cpu"))
+    s = Strategy(cfg.dist, torch.device("cpu"))
     s.module = model
     assert s.parameter_fingerprint() == _summary(tmp_path / "z3")["parameter_fingerprints"][0]
 

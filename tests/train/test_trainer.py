@@ -150,7 +150,7 @@ def test_gradient_clipping_bounds_the_update():
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    strategy = Strategy(config.load(), torch.device("cpu"))
+    strategy = Strategy(config.load().dist, torch.device("cpu"))
     strategy.setup(model, opt, sched, torch.amp.GradScaler("cpu", enabled=False))
     strategy.backward(model(torch.full((8, 4), 10.0)).sum())
     norm = strategy.step(clip=0.5)
