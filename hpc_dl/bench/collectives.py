@@ -19,14 +19,12 @@ these integers are exact) and every element of the result is checked on every ra
 
 import datetime
 import socket
-import statistics
-import time
 
 import torch
 import torch.distributed as dist
 
 import hpc_dl
-from hpc_dl.telemetry.timing import bus_factor
+from hpc_dl.telemetry.timing import bus_factor, seconds_per_call
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -90,27 +88,7 @@ def _correct(op: str, count: int, n: int, rank: int, device) -> bool:
 
 def _seconds(op: str, x, out, iters: int, repeats: int, warmup: int) -> float:
     """Median over ``repeats`` of the mean time of ``iters`` back-to-back operations."""
-    for _ in range(warmup):
-        _launch(op, x, out)
-    cuda = x.is_cuda
-    if cuda:
-        torch.cuda.synchronize(x.device)
-    runs = []
-    for _ in range(repeats):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(iters):
-                _launch(op, x, out)
-            end.record()
-            end.synchronize()
-            runs.append(start.elapsed_time(end) / 1e3 / iters)
-        else:
-            t = time.perf_counter()
-            for _ in range(iters):
-                _launch(op, x, out)
-            runs.append((time.perf_counter() - t) / iters)
-    return statistics.median(runs)
+    return seconds_per_call(lambda: _launch(op, x, out), x.device, repeats, warmup, calls=iters)
 
 
 def iterations(size: int, iters: int | None) -> int:

@@ -7,12 +7,11 @@ median of the repeats. On a CPU it measures the CPU.
 
 import datetime
 import platform
-import statistics
-import time
 
 import torch
 
 import hpc_dl
+from hpc_dl.telemetry.timing import seconds_per_call
 
 GPU_SIZES = [(n, n, n) for n in (1024, 2048, 4096, 8192, 16384)] + [
     (16384, 4096, 12288), (16384, 4096, 4096), (16384, 4096, 16384), (16384, 16384, 4096),
@@ -22,22 +21,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32, 
 
 
 def _seconds(a, b, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        if a.is_cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            a @ b
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return seconds_per_call(lambda: a @ b, a.device, repeats, warmup)
 
 
 def run(device: torch.device, dtypes: list[str], sizes=None, repeats=10, warmup=3) -> dict:

@@ -1,6 +1,5 @@
 """hpc-dl bench gemm | allreduce | scaling | project."""
 
-import json
 import shutil
 from pathlib import Path
 
@@ -165,64 +164,9 @@ def cmd_bench_scaling(args) -> int:
 
 
 def cmd_bench_project(args) -> int:
-    import datetime
+    from hpc_dl.bench import project
 
-    from hpc_dl import config, data
-    from hpc_dl.bench import project, scaling
-    from hpc_dl.fileio import write_json
-    from hpc_dl.telemetry import flops, peaks
-
-    if args.mfu is not None and not 0 < args.mfu <= 1:
-        hint = f"; give {args.mfu / 100:.4g} for {args.mfu:g} %" if 1 < args.mfu <= 100 else ""
-        raise UserError(f"--mfu {args.mfu:g}: MFU is a fraction in (0, 1]{hint}")
-    measured = json.loads(Path(args.measured).read_text()) if args.measured else None
-    path, overrides = args.config, args.overrides
-    if measured and not path and not overrides:  # the sweep's own config
-        path, overrides = measured["config"], measured["overrides"]
-    cfg = config.load(path, overrides)
-    spec = data.shape_spec(cfg.data, args.classes)
-    per_sample = flops.count(cfg.model, spec, cfg.data.batch_size).per_sample
-    params = flops.parameters_by_module(cfg.model, spec)[""]
-    if measured:
-        w = project.workload_from_sweep(measured, per_sample, params, args.bytes_per_grad)
-    else:
-        w = project.Workload(per_sample, cfg.data.batch_size * cfg.train.grad_accum, args.bytes_per_grad * params, 0)
-    w.mode = args.mode or w.mode
-    if args.global_batch:
-        if w.mode != "strong":
-            raise UserError("--global-batch is for --mode strong")
-        w.batch_per_device, w.base_devices = args.global_batch, 1
-    if args.tflops_per_device:
-        w.tflops_per_device = args.tflops_per_device
-    elif args.mfu:
-        peak = args.peak_tflops or cfg.log.peak_tflops or peaks.peak_tflops(args.gpu, args.dtype)
-        if not peak:
-            raise UserError(f"--mfu needs a peak: --peak-tflops, or a --gpu from {', '.join(peaks.PEAKS)}")
-        w.tflops_per_device = args.mfu * peak
-    if not w.tflops_per_device:
-        raise UserError("the achieved rate is unknown: give --mfu (with --gpu/--dtype) or --tflops-per-device, "
-                        "or --measured with a sweep whose base point completed")  # fmt: skip
-    if args.overlap == "measured":
-        if not measured:
-            raise UserError("--overlap measured needs --measured")
-        w.overlap = project.measured_overlap(measured)
-    else:
-        w.overlap = float(args.overlap)
-        if not 0 <= w.overlap <= 1:
-            raise UserError(f"--overlap {args.overlap}: a fraction from 0 to 1, or 'measured'")
-    procs = args.gpus_per_node
-    if procs is None:
-        used = {r["procs_per_node"] for r in measured["points"]} if measured else {8}
-        procs = max(used)
-    nodes = scaling.parse_points(args.nodes, procs)
-    if not measured and not args.global_batch:  # strong: data.batch_size per device at the smallest point
-        w.base_devices = nodes[0].devices
-    intra, inter = project.parse_link(args.intra, args.gpu, procs), project.parse_link(args.inter)
-    result = project.result(w, nodes, intra, inter, args.algorithm, measured["points"] if measured else [])
+    result, out = project.from_options(args)
     print(project.format_table(result))
-    out = Path(args.out or Path(cfg.log.dir) / f"projection-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "projection.json", result)
-    project.plot(result, out / "projection.png")
     print(f"wrote {out}/projection.json, {out}/projection.png")
     return 0

@@ -8,16 +8,14 @@ for all-reduce, comparable across world sizes.
 import os
 import re
 import socket
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from hpc_dl.errors import JobError
-from hpc_dl.telemetry.timing import bus_factor
+from hpc_dl.telemetry.timing import bus_factor, seconds_per_call
 
 
 def _free_memory(device: torch.device) -> int:
@@ -28,22 +26,7 @@ def _free_memory(device: torch.device) -> int:
 
 def _time_all_reduce(tensor: torch.Tensor, repeats: int) -> float:
     """Median seconds of one all-reduce, after a warm-up; device events on GPUs."""
-    for _ in range(2):
-        dist.all_reduce(tensor)
-    times = []
-    for _ in range(repeats):
-        if tensor.is_cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            dist.all_reduce(tensor)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t = time.perf_counter()
-            dist.all_reduce(tensor)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return seconds_per_call(lambda: dist.all_reduce(tensor), tensor.device, repeats)
 
 
 def capture_nccl_log() -> None:

@@ -10,6 +10,7 @@ With DDP, gradient all-reduce runs inside backward (overlapped with it); a comm
 hook times each bucket's all-reduce, reported as ``comm_s`` beside the phases.
 """
 
+import statistics
 import time
 
 import torch
@@ -74,3 +75,29 @@ def bus_factor(op: str, n: int) -> float:
     if op in ("all_gather", "reduce_scatter"):
         return (n - 1) / n
     raise ValueError(f"unknown collective {op!r}; choose from all_reduce, all_gather, reduce_scatter")
+
+
+def seconds_per_call(fn, device: torch.device, repeats: int, warmup: int = 2, calls: int = 1) -> float:
+    """Median over ``repeats`` of the mean seconds of ``calls`` back-to-back ``fn()``, after
+    ``warmup`` calls: CUDA events on a GPU (the device's time, not the launch's), else perf_counter."""
+    for _ in range(warmup):
+        fn()
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+    runs = []
+    for _ in range(repeats):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(calls):
+                fn()
+            end.record()
+            end.synchronize()
+            runs.append(start.elapsed_time(end) / 1e3 / calls)
+        else:
+            t = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            runs.append((time.perf_counter() - t) / calls)
+    return statistics.median(runs)
