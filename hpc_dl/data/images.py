@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import TensorDataset
 
+from hpc_dl.data import bundled
 from hpc_dl.data.augment import BatchAugment, sample_transform
 from hpc_dl.data.spec import DataSpec, Splits, Transformed, split_indices, tensor_splits
 from hpc_dl.errors import UnreadableFile, UserError, first_line
@@ -17,14 +18,11 @@ from hpc_dl.errors import UnreadableFile, UserError, first_line
 def digits(cfg) -> Splits:
     """scikit-learn's bundled 8x8 digits (values 0..16), optionally upsampled and repeated to
     more channels, normalised with the mean and standard deviation of the training split."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = torch.as_tensor(bunch.images, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    images, y, names = bundled.digits()
+    x = torch.as_tensor(images, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
     if cfg.image_size != 8:
         x = F.interpolate(x, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False)
     x = x.repeat(1, cfg.channels, 1, 1).numpy()
-    y, names = bunch.target, [str(c) for c in bunch.target_names]
     if cfg.classes:  # a subset, e.g. 0-4 to pre-train and 5-9 to transfer to
         keep = np.isin(y, cfg.classes)
         x, y = x[keep], np.array([cfg.classes.index(v) for v in y[keep]])

@@ -5,8 +5,8 @@ import math
 from pathlib import Path
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer
 
+from hpc_dl.data import bundled
 from hpc_dl.data.spec import DataSpec, Splits, split_indices, tensor_splits
 from hpc_dl.errors import UserError
 
@@ -21,15 +21,14 @@ def fit_scaler(x_train: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def breast_cancer(cfg) -> Splits:
-    bunch = load_breast_cancer()
-    x, y = bunch.data, bunch.target
+    x, y, class_names, feature_names = bundled.breast_cancer()
     parts = split_indices(y, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     shift, scale = fit_scaler(x[parts[0]], cfg.scaling)
     spec = DataSpec(
         input_shape=(x.shape[1],),
         num_classes=2,
-        class_names=[str(c) for c in bunch.target_names],
-        feature_names=[str(f) for f in bunch.feature_names],
+        class_names=class_names,
+        feature_names=feature_names,
         preprocessing={"scaling": cfg.scaling, "shift": shift.tolist(), "scale": scale.tolist()},
     )
     return tensor_splits((x - shift) / scale, y, parts, spec)
