@@ -21,8 +21,8 @@ def _summary(run_dir):
     return json.loads((run_dir / "summary.json").read_text())
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("stage", [1, 2, 3])
+# every stage and both precisions, stage 3 (partitioned parameters) in both: 4 of the 6 pairs, for CI time
+@pytest.mark.parametrize(("stage", "precision"), [(1, "fp32"), (2, "bf16"), (3, "fp32"), (3, "bf16")])
 def test_zero_trains_agrees_across_ranks_and_resumes_exactly(tmp_path, stage, precision):
     over = [f"dist.zero_stage={stage}", f"train.precision={precision}"]
     torchrun("train", *RUN, *over, "--run-dir", tmp_path / "a")
