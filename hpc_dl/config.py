@@ -123,6 +123,11 @@ class GPTConfig:
 ModelConfig = Union[MLPConfig, CNNConfig, LeNetConfig, TorchvisionConfig, CifarResNetConfig, GPTConfig]
 
 
+def names(section: type) -> tuple[str, ...]:
+    """The values a section's ``name`` may take: its Literal, the one list of them."""
+    return typing.get_args(typing.get_type_hints(section)["name"])
+
+
 # ----------------------------------------------------------------------- data
 @dataclass
 class _DataCommon:
@@ -473,8 +478,8 @@ def _drop_other_variants_keys(tree: dict, origins: dict[str, str]) -> None:
         node, variants = tree.get(section), _dataclass_variants(tp)
         if len(variants) < 2 or f"{section}.name" not in origins or not isinstance(node, dict):
             continue
-        names = {n: v for v in variants for n in typing.get_args(typing.get_type_hints(v)["name"])}
-        new = names.get(node.get("name"))
+        by_name = {n: v for v in variants for n in names(v)}
+        new = by_name.get(node.get("name"))
         if new is None:
             continue  # the builder names the bad choice
         keep = {f.name for f in dataclasses.fields(new)}
@@ -605,13 +610,13 @@ class _Builder:
         return cls(**kwargs)
 
     def _pick_variant(self, variants: list[type], tree: dict, path: str, default: Any) -> type:
-        names = {n: v for v in variants for n in typing.get_args(typing.get_type_hints(v)["name"])}
+        by_name = {n: v for v in variants for n in names(v)}
         if "name" not in tree:
             return type(default)
         name = tree["name"]
-        if name not in names:
-            self.fail(f"{path}.name", name, self._choices(name, list(names)))
-        return names[name]
+        if name not in by_name:
+            self.fail(f"{path}.name", name, self._choices(name, list(by_name)))
+        return by_name[name]
 
     def _unknown(self, key: str, prefix: str, siblings: list[str]) -> typing.NoReturn:
         full = prefix + key

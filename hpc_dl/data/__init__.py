@@ -8,6 +8,7 @@ are evaluated on the same test samples.
 
 from pathlib import Path
 
+from hpc_dl import config
 from hpc_dl.data.images import cifar, digits, imagefolder
 from hpc_dl.data.spec import DataSpec, Splits, split_indices, tensor_splits
 from hpc_dl.data.synthetic import synthetic
@@ -15,18 +16,17 @@ from hpc_dl.data.tabular import breast_cancer, csv_table
 from hpc_dl.data.tokens import tokens
 from hpc_dl.errors import ConfigError, UserError
 
-LOADERS = {
-    "digits": digits,
-    "breast_cancer": breast_cancer,
-    "cifar10": cifar,
-    "cifar100": cifar,
-    "imagefolder": imagefolder,
-    "csv": csv_table,
-    "tokens": tokens,
-    "synthetic_images": synthetic,
-    "synthetic_tabular": synthetic,
-    "synthetic_tokens": synthetic,
+# A loader per config section; the names are the sections' own (config.names), not a second list.
+BY_SECTION = {
+    config.DigitsConfig: digits,
+    config.BreastCancerConfig: breast_cancer,
+    config.CifarConfig: cifar,
+    config.ImageFolderConfig: imagefolder,
+    config.CSVConfig: csv_table,
+    config.TokensConfig: tokens,
+    config.SyntheticConfig: synthetic,
 }
+LOADERS = {name: load for section, load in BY_SECTION.items() for name in config.names(section)}
 
 __all__ = ["LOADERS", "DataSpec", "Splits", "build", "shape_spec", "split_indices", "tensor_splits"]
 

@@ -105,3 +105,15 @@ def test_split_indices_are_a_partition():
     tr, va, te = data.split_indices(labels, 0.2, 0.2, seed=0)
     assert sorted(np.concatenate([tr, va, te]).tolist()) == list(range(100))
     assert (len(tr), len(va), len(te)) == (60, 20, 20)
+
+
+def test_every_name_a_config_section_accepts_has_a_loader_or_a_model():
+    """The names live once, in the config sections; the registries are built from them."""
+    import typing
+
+    from hpc_dl import config, models
+
+    data_names = {n for section in typing.get_args(config.DataConfig) for n in config.names(section)}
+    model_names = {n for section in typing.get_args(config.ModelConfig) for n in config.names(section)}
+    assert set(data.LOADERS) == data_names and set(models.MODELS) == model_names
+    assert {"resnet110", "vgg16", "googlenet"} <= model_names
