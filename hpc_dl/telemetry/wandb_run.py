@@ -184,7 +184,11 @@ class WandbRun:
             return True
         if not wait and not self._starting.done():
             return False
-        self._run, self.mode, lines = self._starting.result()
+        try:
+            self._run, self.mode, lines = self._starting.result()
+        except Exception as e:  # noqa: BLE001 - a broken wandb install: the run goes on without it
+            self._run = None
+            lines = [f"W&B: could not start ({type(e).__name__}: {e}); metrics go to metrics.jsonl only"]
         self._starting = None
         for line in lines:
             self.say(line)

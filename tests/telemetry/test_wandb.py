@@ -10,6 +10,7 @@ import matplotlib.image
 import pytest
 import yaml
 
+from hpc_dl import config
 from hpc_dl.telemetry import wandb_run
 from hpc_dl.telemetry.metrics import read
 from tests.conftest import CONFIGS
@@ -99,6 +100,23 @@ def test_wandb_starts_off_the_critical_path_and_keeps_every_record(tmp_path):
     subprocess.run([sys.executable, "-c", STARTED_LATE, str(tmp_path)], check=True, timeout=180, env=env)
     history = [r["history"]["item"] for r in inspect(tmp_path, summary=False) if r["type"] == "history"]
     assert [(h["step"], h["train/loss"]) for h in history] == [(s, 1.0 / s) for s in range(1, 6)]
+
+
+def test_a_start_that_raises_costs_only_the_dashboard(tmp_path, monkeypatch):
+    """An exception on the start thread (a broken wandb install) is said in one line; logging and
+    finishing go on without W&B."""
+
+    def broken(*args):
+        raise RuntimeError("broken install")
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setattr(wandb_run.WandbRun, "_open", staticmethod(broken))
+    said = []
+    run = wandb_run.WandbRun.start(config.load(None, ["log.wandb=true"]), tmp_path, {}, say=said.append)
+    run.log({"split": "train", "step": 1, "loss": 1.0})
+    run.finish(None, [])
+    assert run.run is None and said == ["W&B: could not start (RuntimeError: broken install); metrics go to "
+                                        "metrics.jsonl only"]  # fmt: skip
 
 
 def test_wandb_off_writes_nothing(cli, tmp_path):
