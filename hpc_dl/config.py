@@ -285,6 +285,9 @@ class TrainConfig:
     channels_last: bool = _opt(False, "channels_last memory format for conv nets")
     compile: bool = _opt(False, "torch.compile the model")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = _opt("default", "torch.compile mode")
+    activation_checkpointing: Literal["none", "full", "selective"] = _opt(
+        "none", "recompute the activations of every (full) or every 2nd (selective) block in backward; gpt, ResNets"
+    )
     stop_signals: list[str] = _opt(
         ["USR1", "TERM"], "signals on which every rank checkpoints after its current step and stops (pre-emption)"
     )
@@ -294,6 +297,10 @@ class TrainConfig:
 class CheckpointConfig:
     every: int = _opt(0, "save every N steps; 0 only at the end", ge=0)
     keep_last: int = _opt(3, "checkpoints kept on disk (oldest deleted first)", ge=1)
+    format: Literal["auto", "file", "dcp"] = _opt(
+        "auto", "file: one .pt file (rank 0); dcp: a torch.distributed.checkpoint folder; auto: dcp for fsdp"
+    )
+    async_save: bool = _opt(False, "write DCP checkpoints in the background while training goes on (one at a time)")
 
 
 @dataclass
@@ -328,13 +335,17 @@ class LogConfig:
 
 @dataclass
 class DistConfig:
-    strategy: Literal["single", "ddp", "deepspeed"] = _opt("single", "one process, DDP, or DeepSpeed ZeRO")
+    strategy: Literal["single", "ddp", "fsdp", "deepspeed"] = _opt(
+        "single", "one process, DDP, FSDP2 (fully_shard), or DeepSpeed ZeRO"
+    )
     timeout_s: float = _opt(120.0, "start-up and collective time-out: a missing or dead rank fails the job", gt=0)
     preflight: bool = _opt(True, "check every rank and an all-reduce before training (distributed runs)")
     bucket_mb: float = _opt(25.0, "ddp: gradient bucket size in MiB", gt=0)
     gradient_as_bucket_view: bool = _opt(True, "ddp: gradients are views into the buckets (saves a copy)")
     static_graph: bool = _opt(False, "ddp: the graph is the same every step (enables more optimisations)")
     zero_stage: int = _opt(1, "deepspeed: ZeRO stage 0-3", ge=0, le=3)
+    fsdp_reshard_after_forward: bool = _opt(True, "fsdp: free gathered parameters after forward (less memory)")
+    fsdp_cpu_offload: bool = _opt(False, "fsdp: keep sharded parameters, gradients and optimizer state in host memory")
     deepspeed_config: str | None = _opt(None, "deepspeed: a JSON file merged over the generated config (its keys win)")
 
 
@@ -718,3 +729,13 @@ def _check(cfg: Config, b: _Builder) -> None:
         b.fail("data.classes", d.classes, "must be [] or at least two different digits")
     if cfg.transfer.head == "keep" and not cfg.transfer.weights:
         b.fail("transfer.head", "keep", "keeps the head of transfer.weights; set transfer.weights")
+    c, strategy = cfg.checkpoint, cfg.dist.strategy
+    if strategy == "fsdp" and c.format == "file":
+        b.fail("checkpoint.format", "file", "dist.strategy=fsdp writes sharded DCP folders: use auto or dcp")
+    if strategy == "deepspeed" and (c.format == "dcp" or c.async_save):
+        b.fail("checkpoint.format" if c.format == "dcp" else "checkpoint.async_save", c.format if c.format == "dcp"
+               else True, "dist.strategy=deepspeed writes DeepSpeed's own checkpoint folders (not DCP)")  # fmt: skip
+    if c.async_save and c.format == "file":
+        b.fail("checkpoint.async_save", True, "needs checkpoint.format=dcp (or auto): async saves are DCP folders")
+    if strategy == "fsdp" and t.precision == "fp16":
+        b.fail("train.precision", "fp16", "dist.strategy=fsdp trains in bf16 or fp32 (fp16 needs a sharded scaler)")

@@ -4,8 +4,13 @@ Training draws an endless stream of micro-batches. Each epoch's order is a
 permutation seeded by (seed, epoch) alone, so the stream can be resumed at any
 batch from two integers -- no iterator state to pickle -- and every rank agrees
 on the permutation without communicating. Rank r takes every world_size-th index
-of it; the tail that does not fill a whole batch on every rank is dropped, so no
-sample is seen twice in an epoch and all ranks run the same number of steps.
+of it, so micro-batch b of all ranks together is the permutation's block
+[b * world_size * batch_size, (b + 1) * world_size * batch_size) and optimizer
+step k is the block [k * G, (k + 1) * G), G = world_size * batch_size * accum:
+the position in an epoch is a number of samples that means the same on any
+world size with the same global batch G (resume on another world size). The
+tail that does not fill a whole step is dropped, so no sample is seen twice in
+an epoch and every epoch is whole steps on every world size.
 """
 
 from collections.abc import Iterator
@@ -24,15 +29,16 @@ def _generator(*key: int) -> torch.Generator:
 class BatchStream:
     """``device``: where to hold an in-memory data set (data.on_device); ``None`` keeps it on the host."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int, rank=0, world_size=1, *,
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, rank=0, world_size=1, *, accum=1,
                  num_workers=0, pin_memory=False, persistent_workers=False, device=None):  # fmt: skip
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.rank, self.world_size = rank, world_size
-        per_rank = len(dataset) // world_size
-        self.batches_per_epoch = per_rank // batch_size
+        step = world_size * batch_size * accum  # samples per optimizer step, all ranks together
+        self.batches_per_epoch = len(dataset) // step * accum
         if self.batches_per_epoch == 0:
             raise ConfigError(
-                f"data.batch_size = {batch_size} is larger than the {per_rank} training samples per process"
+                f"data.batch_size = {batch_size} x train.grad_accum = {accum} x {world_size} process(es) = {step} "
+                f"samples per step: more than the {len(dataset)} training samples"
             )
         self.epoch = 0
         self.batch = 0  # batches of this epoch already handed out
@@ -63,10 +69,18 @@ class BatchStream:
                 yield batch
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch": self.batch}
+        """``samples``: the epoch's samples taken by all ranks together, which any world size can resume."""
+        return {"epoch": self.epoch, "batch": self.batch, "samples": self.batch * self.world_size * self.batch_size}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        per_batch = self.world_size * self.batch_size
+        samples = int(state.get("samples", int(state["batch"]) * per_batch))  # older checkpoints: same world size
+        if samples % per_batch:
+            raise ValueError(
+                f"the data position ({samples} samples into epoch {state['epoch']}) is not a whole number of "
+                f"this run's micro-batches ({self.world_size} x {self.batch_size} samples)"
+            )
+        self.epoch, self.batch = int(state["epoch"]), samples // per_batch
 
 
 class _Remaining(Sampler):

@@ -32,7 +32,7 @@ def select_device(choice: str, local_rank: int = 0) -> torch.device:
 
 class Strategy:
     name = "single"
-    sharded = False  # True: checkpoints are folders of per-rank parts the strategy writes (save_shards)
+    sharded = False  # True: each rank holds part of the model/optimizer state (FSDP, DeepSpeed ZeRO)
 
     def __init__(self, dist, device: torch.device, group: process_group.Group | None = None):
         """``dist``: the config's ``dist`` section, the only one a strategy reads."""
@@ -53,6 +53,10 @@ class Strategy:
         return self.rank == 0
 
     # ------------------------------------------------------------ the step
+    def shard(self, module: nn.Module) -> nn.Module:
+        """Partition the module's parameters, before the optimizer is made (FSDP); others keep it whole."""
+        return module
+
     def setup(self, module: nn.Module, optimizer, scheduler, scaler, wrap=lambda m: m) -> nn.Module:
         """Take ownership of the training objects; return the module to call in forward.
         ``wrap`` (e.g. torch.compile) is applied to what the strategy will run."""
@@ -72,12 +76,15 @@ class Strategy:
     def step(self, clip: float | None) -> torch.Tensor:
         """Clip, update, advance the LR schedule. Returns the gradient norm before clipping."""
         self.scaler.unscale_(self.optimizer)
-        norm = nn.utils.clip_grad_norm_(self.module.parameters(), clip or math.inf)
+        norm = self.clip_gradients(clip or math.inf)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         return norm
+
+    def clip_gradients(self, max_norm: float) -> torch.Tensor:
+        return nn.utils.clip_grad_norm_(self.module.parameters(), max_norm)
 
     # --------------------------------------------------------- collectives
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -119,6 +126,24 @@ class Strategy:
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+
+    def sharded_state_dict(self) -> dict:
+        """Model and optimizer state keyed by parameter name, as this rank holds it (whole tensors,
+        or DTensor shards under FSDP): what a DCP checkpoint saves and reshards on load."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model, optimizer = get_state_dict(self.module, self.optimizer)
+        return {"model": model, "optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict()}  # fmt: skip
+
+    def load_sharded_state_dict(self, state: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        set_state_dict(self.module, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"])  # fmt: skip
         self.scheduler.load_state_dict(state["scheduler"])
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
@@ -172,7 +197,7 @@ def build(cfg) -> Strategy:
         if world.world_size != 1:
             raise ConfigError(
                 f"dist.strategy = 'single' runs one process, but {world.world_size} were started "
-                f"(by {world.launcher}): use dist.strategy=ddp or deepspeed"
+                f"(by {world.launcher}): use dist.strategy=ddp, fsdp or deepspeed"
             )
         return Strategy(cfg.dist, select_device(cfg.train.device, world.local_rank))
     if world.launcher == "single":  # a distributed strategy in one plain process: a world of one
@@ -185,6 +210,10 @@ def build(cfg) -> Strategy:
     group = process_group.init(world, "nccl" if device.type == "cuda" else "gloo", cfg.dist.timeout_s)
     if name == "ddp":
         return DDP(cfg.dist, device, group)
+    if name == "fsdp":
+        from hpc_dl.distributed.fsdp import FSDP
+
+        return FSDP(cfg.dist, device, group, autocast_dtype(cfg.train.precision, device))
     from hpc_dl.distributed import zero  # imports deepspeed, which is slow and optional
 
     # DeepSpeed's own config repeats the batch, optimizer and precision settings: made here, from them

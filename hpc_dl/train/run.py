@@ -27,6 +27,7 @@ from hpc_dl.distributed import strategy as strategies
 from hpc_dl.distributed.process_group import named_failures
 from hpc_dl.errors import JobError, UserError
 from hpc_dl.fileio import DirectoryLock
+from hpc_dl.models import checkpointing
 from hpc_dl.telemetry import flops, peaks
 from hpc_dl.telemetry.observer import RunObserver
 from hpc_dl.train import rng, transfer
@@ -196,6 +197,7 @@ def _build(cfg: config.Config, strategy) -> Built:
     rng.seed_everything(cfg.train.seed)  # the same initial weights on every rank
     splits = data.build(cfg.data)
     model = models.build(cfg.model, splits.spec)
+    checkpointing.apply(model, cfg.train.activation_checkpointing)  # before a strategy shards it
     n_params = models.count_parameters(model)  # before a sharded strategy partitions it
     lr_scale, transferred = transfer.apply(model, cfg.transfer)
     trainer = Trainer(cfg, strategy, splits, model, lr_scale)

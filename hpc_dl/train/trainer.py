@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,7 +23,7 @@ from hpc_dl.data.loader import BatchStream, eval_batches
 from hpc_dl.data.spec import Splits
 from hpc_dl.distributed import precision
 from hpc_dl.distributed.strategy import Strategy
-from hpc_dl.errors import CheckpointError, ConfigError, JobError
+from hpc_dl.errors import ConfigError, JobError
 from hpc_dl.fileio import DiskFullError
 from hpc_dl.telemetry import peaks
 from hpc_dl.telemetry.record import Record
@@ -61,20 +62,13 @@ class Trainer:
         t = cfg.train
         self.cfg, self.strategy, self.splits, self.device = cfg, strategy, splits, strategy.device
         self.dtype = precision.autocast_dtype(t.precision, self.device)
-        d = cfg.data
-        self.data_device = self.device if d.on_device else None
-        self.stream = BatchStream(
-            splits.train, d.batch_size, t.seed, strategy.rank, strategy.world_size, num_workers=d.num_workers,
-            pin_memory=d.pin_memory and self.device.type == "cuda", persistent_workers=d.persistent_workers,
-            device=self.data_device,
-        )  # fmt: skip
-        per_epoch = self.stream.batches_per_epoch / t.grad_accum
-        self.total_steps = t.steps or max(1, math.ceil(t.epochs * per_epoch))
+        self.data_device = self.device if cfg.data.on_device else None
+        self._make_stream()
         if cfg.optim.warmup_steps >= self.total_steps:
             raise ConfigError(
                 f"optim.warmup_steps = {cfg.optim.warmup_steps}: must be < the run's {self.total_steps} steps"
             )
-        module = precision.prepare_model(model, self.device, t.channels_last)
+        module = strategy.shard(precision.prepare_model(model, self.device, t.channels_last))
         optimizer = build_optimizer(module, cfg.optim, self.device, lr_scale)
         scheduler = build_scheduler(optimizer, cfg.optim, self.total_steps)
         scaler = precision.grad_scaler(self.device, self.dtype)
@@ -93,8 +87,30 @@ class Trainer:
         self.stop: SignalStop | None = None  # checkpoint and stop when a rank is signalled
         self.checkpoint_error: str | None = None  # a save that failed for lack of space (the run goes on)
 
+    def _make_stream(self) -> None:
+        """The batch stream and the run's length, from the batch settings (again if a resume changes them)."""
+        t, d, ws = self.cfg.train, self.cfg.data, self.strategy
+        self.stream = BatchStream(
+            self.splits.train, d.batch_size, t.seed, ws.rank, ws.world_size, accum=t.grad_accum,
+            num_workers=d.num_workers, pin_memory=d.pin_memory and self.device.type == "cuda",
+            persistent_workers=d.persistent_workers, device=self.data_device,
+        )  # fmt: skip
+        per_epoch = self.stream.batches_per_epoch // t.grad_accum  # whole steps: see BatchStream
+        self.total_steps = t.steps or max(1, math.ceil(t.epochs * per_epoch))
+
     # ----------------------------------------------------------------- loop
     def fit(self, checkpoints: CheckpointDir | None = None, on_step: Callable[[int], None] = lambda s: None) -> dict:
+        c = self.cfg.checkpoint
+        self.checkpointer = (
+            checkpoint.Checkpointer(self.strategy, checkpoints, c.format, c.async_save) if checkpoints else None
+        )
+        try:
+            return self._fit(checkpoints, on_step)
+        finally:
+            if self.checkpointer:  # a save in flight is finished (or fails) before anything closes
+                self.checkpointer.wait()
+
+    def _fit(self, checkpoints: CheckpointDir | None, on_step: Callable[[int], None]) -> dict:
         t, accum, log_every = self.cfg.train, self.cfg.train.grad_accum, self.cfg.log.every
         batches = iter(self.stream)
         window = _Window(self, checkpoints)
@@ -145,6 +161,8 @@ class Trainer:
         if checkpoints and not saved:
             window.check_finite()
             self.save(checkpoints)
+        if self.checkpointer:
+            self.checkpointer.wait()  # the requeued job must find it
         latest = checkpoints.latest() if checkpoints else None
         raise Stopped(self.step, self.stop.received or "(another rank's signal)", str(latest))
 
@@ -193,7 +211,7 @@ class Trainer:
             "config": to_dict(self.cfg),
         }
         try:
-            checkpoint.save(self.strategy, checkpoints, self.step, extra)
+            self.checkpointer.save(self.step, extra)
         except DiskFullError as e:  # keep training: the previous checkpoint is intact
             self.checkpoint_error = str(e)
             print(f"warning: {e}; the previous checkpoint is kept ({checkpoints.latest()})", file=sys.stderr)
@@ -220,17 +238,59 @@ class Trainer:
             )
         self.step = step
         self.stream.load_state_dict(state["data"])
-        rng.set_state(state["rng"][self.strategy.rank])
+        self._restore_rng(state)
         return state
 
-    def _check_resumable(self, path, state: dict) -> None:
-        """Refuse, before anything is loaded or written, a checkpoint this run cannot continue."""
-        if state["world_size"] != self.strategy.world_size:
-            raise CheckpointError(
-                f"checkpoint {path} was written by {state['world_size']} rank(s); resume it with the same "
-                f"world size, not {self.strategy.world_size} (the data order and RNG states are per rank)"
+    def _restore_rng(self, state: dict) -> None:
+        """Rank r continues rank r's random streams (dropout, augmentation); a rank the checkpoint's
+        run did not have starts one seeded by (seed, rank, step), so it repeats no earlier draw."""
+        saved, rank = state["rng"], self.strategy.rank
+        if rank < len(saved):
+            rng.set_state(saved[rank])
+        else:
+            rng.seed_everything(
+                int(np.random.SeedSequence([self.cfg.train.seed, rank, int(state["step"])]).generate_state(1)[0])
             )
+
+    def _check_resumable(self, path, state: dict) -> None:
+        """Refuse, before anything is loaded or written, a checkpoint this run cannot continue; adapt
+        the batch settings to another world size (the global batch is kept)."""
         _check_config(path, state, self.cfg)
+        self._keep_global_batch(path, state)
+
+    def _keep_global_batch(self, path, state: dict) -> None:
+        """Samples per optimizer step = ranks x data.batch_size x train.grad_accum must stay what the
+        checkpoint's run used: the data position, the LR schedule and the optimizer's steps count in it.
+        On another world size gradient accumulation makes up the difference, or the run refuses."""
+        old = state.get("config") or {}
+        old_ws = int(state["world_size"])
+        old_bs = (old.get("data") or {}).get("batch_size", self.cfg.data.batch_size)
+        old_accum = (old.get("train") or {}).get("grad_accum", self.cfg.train.grad_accum)
+        target = old_ws * old_bs * old_accum
+        ws, bs, accum = self.strategy.world_size, self.cfg.data.batch_size, self.cfg.train.grad_accum
+        if ws * bs * accum == target:
+            if (bs, accum) != (old_bs, old_accum) or ws != old_ws:
+                self._say(f"note: resuming on {ws} rank(s) a run of {old_ws}: {ws} x {bs} x {accum} = {target} samples "
+                          "per step, as before")  # fmt: skip
+            return
+        if self.strategy.name == "deepspeed" or target % (ws * bs):
+            raise ConfigError(
+                f"--resume {path}: its run took {old_ws} x {old_bs} x {old_accum} = {target} samples per step "
+                f"(ranks x data.batch_size x train.grad_accum); this one would take {ws} x {bs} x {accum} = "
+                f"{ws * bs * accum}, which changes the data position and the schedule: "
+                + _batch_hint(
+                    target, ws, bs, (old_ws, old_bs, old_accum) if self.strategy.name == "deepspeed" else None
+                )
+            )
+        new_accum = target // (ws * bs)
+        self._say(f"note: resuming on {ws} rank(s) a run of {old_ws}: train.grad_accum {accum} -> {new_accum}, "
+                  f"so a step is still {ws} x {bs} x {new_accum} = {target} samples")  # fmt: skip
+        self.cfg.train.grad_accum = new_accum
+        self._make_stream()
+
+    def _say(self, line: str) -> None:
+        if self.strategy.is_main:
+            print(line, file=sys.stderr, flush=True)
 
     @property
     def epoch(self) -> float:
@@ -240,12 +300,24 @@ class Trainer:
 # What may differ between a run and the checkpoint it resumes from: how it is observed, saved,
 # loaded and launched, and where its files are. The rest defines the training itself.
 _FREE_ON_RESUME = ("log.", "checkpoint.", "slurm.", "dist.strategy", "dist.timeout_s", "dist.preflight",
+                   "dist.fsdp_", "data.batch_size", "train.grad_accum",  # the global batch is checked instead
                    "dist.bucket_mb", "dist.gradient_as_bucket_view", "dist.static_graph", "train.eval_every",
-                   "train.stop_signals",
+                   "train.stop_signals", "train.activation_checkpointing",
                    "train.device", "train.compile", "train.compile_mode", "train.channels_last", "train.deterministic",
                    "train.grad_clip", "train.steps", "train.epochs", "data.num_workers", "data.persistent_workers",
                    "data.pin_memory", "data.on_device", "data.eval_batch_size", "data.root", "data.path",
                    "transfer.weights")  # fmt: skip
+
+
+def _batch_hint(target: int, ws: int, bs: int, only: tuple | None) -> str:
+    """Settings that make ``target`` samples per step on ``ws`` ranks (``only``: the one allowed)."""
+    if only:
+        return f"resume on {only[0]} rank(s) with data.batch_size={only[1]} train.grad_accum={only[2]}"
+    if target % ws:
+        return f"resume on a number of ranks that divides {target}"
+    per_rank = target // ws
+    fits = max(b for b in range(1, min(bs, per_rank) + 1) if per_rank % b == 0)
+    return f"set data.batch_size={fits} train.grad_accum={per_rank // fits}"
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from hpc_dl import checkpoint, config, data, models
-from hpc_dl.checkpoint import CheckpointDir
+from hpc_dl.checkpoint import CheckpointDir, dcp
 from hpc_dl.data.spec import Splits
 from hpc_dl.errors import CheckpointError, UserError
 
@@ -31,6 +31,8 @@ def _torchvision_hint(path: Path) -> str:
 def resolve(where: str | Path) -> Path:
     """The weights file that ``where`` (run directory, checkpoints folder or file) stands for."""
     path = Path(where)
+    if dcp.is_folder(path):  # one DCP checkpoint folder
+        return path
     if path.is_dir():
         if (path / CONSOLIDATED).is_file():
             return path / CONSOLIDATED
@@ -39,6 +41,8 @@ def resolve(where: str | Path) -> Path:
         if latest is None:
             raise UserError(f"{where}: no checkpoint in this folder (expected a run directory or a checkpoint file)")
         path = latest
+    if dcp.is_folder(path):  # a sharded checkpoint: read whole tensors from it
+        return path
     if path.is_dir():  # a DeepSpeed checkpoint: ZeRO shards, one folder per step
         raise UserError(
             f"{path} is a DeepSpeed checkpoint folder; write it as one file first: hpc-dl consolidate {path}"
@@ -54,6 +58,8 @@ def resolve(where: str | Path) -> Path:
 def read_state_dict(where: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
     """(model state dict, the file it came from) from an hpc_dl checkpoint or a plain state dict file."""
     path = resolve(where)
+    if dcp.is_folder(path):
+        return dcp.read_full(path, "model"), path
     if path.with_name(path.name + checkpoint.SUM).is_file():
         checkpoint.verify(path)
     try:

@@ -69,7 +69,7 @@ def test_stream_covers_each_sample_at_most_once_per_epoch_and_reshuffles():
     first, second = torch.cat(batches[:10]), torch.cat(batches[10:])
     assert len(first.unique()) == 100 and len(second.unique()) == 100
     assert not torch.equal(first, second)
-    assert s.state_dict() == {"epoch": 2, "batch": 0}
+    assert s.state_dict() == {"epoch": 2, "batch": 0, "samples": 0}
 
 
 def test_stream_resumes_mid_epoch_exactly():
@@ -78,7 +78,7 @@ def test_stream_resumes_mid_epoch_exactly():
     _take(s, 13)
     resumed = _stream()
     resumed.load_state_dict(s.state_dict())
-    assert resumed.state_dict() == {"epoch": 1, "batch": 3}
+    assert resumed.state_dict() == {"epoch": 1, "batch": 3, "samples": 30}
     for a, b in zip(_take(resumed, 12), whole[13:]):
         assert torch.equal(a, b)
 
@@ -90,7 +90,7 @@ def test_ranks_get_disjoint_equal_shards_of_the_same_permutation():
 
 
 def test_batch_larger_than_the_data_is_a_config_error():
-    with pytest.raises(ConfigError, match="data.batch_size = 500 is larger than the 103 training samples"):
+    with pytest.raises(ConfigError, match=r"= 500 samples per step: more than the 103 training samples"):
         _stream(batch=500)
 
 
