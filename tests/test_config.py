@@ -128,3 +128,17 @@ def test_run_length_override_replaces_the_files_other_unit(tmp_path):
     path.write_text("train:\n  steps: 5\n  epochs: 2\n")
     with pytest.raises(ConfigError, match="exactly one of train.steps and train.epochs"):
         config.load(path)
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["dist.strategy=fsdp", "checkpoint.format=file"], "checkpoint.format = 'file'.*fsdp writes sharded DCP"),
+        (["dist.strategy=deepspeed", "checkpoint.format=dcp"], "deepspeed writes DeepSpeed's own checkpoint folders"),
+        (["checkpoint.format=file", "checkpoint.async_save=true"], "async_save = True.*needs checkpoint.format=dcp"),
+        (["dist.strategy=fsdp", "train.precision=fp16"], "fsdp trains in bf16 or fp32"),
+    ],
+)
+def test_checkpoint_formats_and_strategies_that_do_not_go_together(overrides, expected):
+    with pytest.raises(ConfigError, match=expected):
+        config.load(None, overrides)

@@ -120,3 +120,83 @@ def test_a_config_cannot_construct_python_objects(tmp_path, where):
     expected = "could not determine a constructor for the tag" if where == "file" else "train.seed"
     assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def dcp_checkpoint(tmp_path_factory):
+    """A real DCP checkpoint folder of a short one-process run."""
+    from hpc_dl import config
+    from hpc_dl.train.run import train
+
+    out = tmp_path_factory.mktemp("dcp") / "run"
+    sets = ["data.name=breast_cancer", "model.name=mlp", "train.steps=4", "checkpoint.format=dcp", "log.plots=false",
+            "log.progress=off", "log.utilisation=false"]  # fmt: skip
+    train(config.load(None, sets), run_dir=out)
+    return out, sets, out / "checkpoints" / "step_00000004"
+
+
+def _resign(folder: pathlib.Path) -> None:
+    """An attacker rewrites the manifest too: the checksums do not stop a crafted folder."""
+    from hpc_dl.checkpoint import dcp
+
+    (folder / dcp.MANIFEST).unlink()
+    dcp.write_manifest(folder)
+
+
+def _dcp_tensors(folder, part: str) -> dict:
+    from hpc_dl.checkpoint import dcp
+
+    return {f"{part}.{k}": v for k, v in dcp.read_full(folder, part).items()}
+
+
+def _refused(proc, marker) -> str:
+    assert not marker.exists(), "a crafted DCP checkpoint ran code"
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and lines[-1].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+    return lines[-1]
+
+
+def test_dcp_metadata_that_holds_code_is_refused(dcp_checkpoint, tmp_path):
+    """DCP itself reads .metadata with plain pickle.load."""
+    _, sets, folder = dcp_checkpoint
+    crafted = tmp_path / "checkpoints" / "step_00000004"
+    shutil.copytree(folder, crafted)
+    marker = tmp_path / "pwned"
+    (crafted / ".metadata").write_bytes(pickle.dumps(Touch(marker)))
+    _resign(crafted)
+    line = _refused(run_cli("train", *sets, "--run-dir", tmp_path / "r", "--resume", crafted, check=False), marker)
+    assert "not safe to load" in line and "pathlib" in line
+    assert "not safe to load" in _refused(run_cli("consolidate", crafted, "--out", tmp_path / "m.pt", check=False),
+                                          marker)  # fmt: skip
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_pickled_object_where_dcp_expects_a_tensor_is_refused(dcp_checkpoint, tmp_path):
+    """DCP writes non-tensors as pickles and reads them back with torch.load(weights_only=False)."""
+    import torch.distributed.checkpoint as dcp
+
+    _, sets, folder = dcp_checkpoint
+    crafted = tmp_path / "checkpoints" / "step_00000004"
+    shutil.copytree(folder, crafted)
+    marker = tmp_path / "pwned"
+    whole = {k: v for part in ("model", "optimizer") for k, v in _dcp_tensors(folder, part).items()}
+    whole["model.1.weight"] = Touch(marker)  # every other tensor as it was
+    for f in crafted.glob("*.distcp"):
+        f.unlink()
+    dcp.save(whole, checkpoint_id=str(crafted), no_dist=True)
+    _resign(crafted)
+    line = _refused(run_cli("train", *sets, "--run-dir", tmp_path / "r", "--resume", crafted, check=False), marker)
+    assert f"checkpoint {crafted} cannot be loaded: the DCP checkpoint holds a pickled object at" in line
+    line = _refused(run_cli("consolidate", crafted, "--out", tmp_path / "m.pt", check=False), marker)
+    assert "holds a pickled object at 'model.1.weight'" in line
+
+
+def test_a_dcp_file_changed_after_saving_is_named(dcp_checkpoint, tmp_path):
+    _, sets, folder = dcp_checkpoint
+    crafted = tmp_path / "checkpoints" / "step_00000004"
+    shutil.copytree(folder, crafted)
+    data = next(crafted.glob("*.distcp"))
+    data.write_bytes(data.read_bytes()[:-10] + bytes(10))
+    line = _refused(run_cli("train", *sets, "--run-dir", tmp_path / "r", "--resume", crafted, check=False),
+                    tmp_path / "none")  # fmt: skip
+    assert f"checkpoint {data} is corrupt or truncated: its SHA-256 does not match MANIFEST.sha256" in line

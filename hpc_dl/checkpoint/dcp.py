@@ -15,12 +15,13 @@ are read with ``weights_only=True``.
 
 import functools
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
 
 from hpc_dl.checkpoint import files
-from hpc_dl.errors import CheckpointError
+from hpc_dl.errors import CheckpointError, first_line
 from hpc_dl.fileio import sha256_file, write_text
 
 META = "meta.pt"
@@ -58,17 +59,18 @@ def merge(tensors: dict, rest: dict) -> dict:
 
 
 # --------------------------------------------------------------------- saving
-def save(folder: Path, tensors: dict, process_group=None, asynchronous: bool = False, single: bool = False):
-    """Write ``tensors`` (every rank calls it with its own shards) into ``folder``. ``single``: the
-    tensors are whole replicas on every rank and rank 0 writes them all. ``asynchronous``: stage
-    to host memory now, write on a thread; returns a Future (``.result()`` when written)."""
+def save(folder: Path, tensors: dict, process_group=None, asynchronous: bool = False, no_dist: bool = False):
+    """Write ``tensors`` into ``folder``: every rank calls it with its own shards, or (``no_dist``)
+    one process alone. ``asynchronous``: stage to host memory now, write on a thread; returns a
+    Future (``.result()`` when written)."""
     import torch.distributed.checkpoint as dcp  # 1.3 s to import: only when a run writes DCP
-    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
-    planner = DefaultSavePlanner(dedup_save_to_lowest_rank=single)
-    if asynchronous:
-        return dcp.async_save(tensors, checkpoint_id=str(folder), planner=planner, process_group=process_group)
-    dcp.save(tensors, checkpoint_id=str(folder), planner=planner, process_group=process_group)
+    where = {"checkpoint_id": str(folder), "process_group": process_group, "no_dist": no_dist}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # no_dist: meant
+        if asynchronous:
+            return dcp.async_save(tensors, **where)
+        dcp.save(tensors, **where)
     return None
 
 
@@ -171,10 +173,17 @@ def _safe_classes():
 def load(folder: Path, tensors: dict, process_group=None, no_dist: bool = False, flatten: bool = True) -> None:
     """Fill ``tensors`` (this rank's shards, or whole tensors) in place from ``folder``."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
     reader, planner = _safe_classes()
-    dcp.load(tensors, storage_reader=reader(str(folder)), planner=planner(flatten_state_dict=flatten),
-             process_group=process_group, no_dist=no_dist)  # fmt: skip
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # no_dist: meant
+            dcp.load(tensors, storage_reader=reader(str(folder)), planner=planner(flatten_state_dict=flatten),
+                     process_group=process_group, no_dist=no_dist)  # fmt: skip
+    except CheckpointException as e:  # one failure per rank, each (exception, traceback)
+        cause = next((f[0] if isinstance(f, tuple) else f for f in e.failures.values()), e)
+        raise CheckpointError(f"checkpoint {folder} cannot be loaded: {first_line(cause)}") from None
 
 
 def read_meta(folder: Path) -> dict:
@@ -188,11 +197,11 @@ def read_full(folder: Path, prefix: str = "model") -> dict[str, torch.Tensor]:
     folder = Path(folder)
     verify(folder)
     metadata = read_metadata(folder)
-    wanted = {
-        key: torch.empty(meta.size, dtype=meta.properties.dtype)
-        for key, meta in metadata.state_dict_metadata.items()
-        if isinstance(meta, TensorStorageMetadata) and key.startswith(prefix + ".")
-    }
+    items = {k: meta for k, meta in metadata.state_dict_metadata.items() if k.startswith(prefix + ".")}
+    for key, meta in items.items():
+        if not isinstance(meta, TensorStorageMetadata):
+            raise CheckpointError(f"checkpoint {folder} cannot be loaded: it holds a pickled object at '{key}'")
+    wanted = {key: torch.empty(meta.size, dtype=meta.properties.dtype) for key, meta in items.items()}
     if not wanted:
         raise CheckpointError(f"checkpoint {folder} holds no '{prefix}' tensors")
     load(folder, wanted, no_dist=True, flatten=False)

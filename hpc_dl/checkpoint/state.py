@@ -10,6 +10,7 @@ memory, returns, and is published (manifest, rename, ``latest``, rotation) by ra
 rank has written; at most one is in flight.
 """
 
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -36,12 +37,14 @@ class Checkpointer:
         self.asynchronous = asynchronous
         self.pending = None  # (future, publisher thread or None, error holder) of a save in flight
         self.group = None
-        if asynchronous and strategy.world_size > 1:
+        if asynchronous and strategy.world_size > 1 and strategy.sharded:
             # the background writer's collectives get a group of their own: on the training group they
             # would interleave with the gradient all-reduces of the steps that run meanwhile
+            import datetime
+
             import torch.distributed as dist
 
-            self.group = dist.new_group(backend="gloo", timeout=strategy.group.timeout if strategy.group else None)
+            self.group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=strategy.dist.timeout_s))
 
     # ---------------------------------------------------------------- saving
     def save(self, step: int, extra: dict) -> None:
@@ -68,15 +71,17 @@ class Checkpointer:
         self.wait()  # at most one save in flight
         s = self.strategy
         tmp = self.ckpts.path / f".step_{step:08d}.tmp"
-        if s.is_main:
-            self.ckpts.path.mkdir(parents=True, exist_ok=True)
+        if s.is_main:  # made here: an asynchronous writer makes it only on its thread
+            shutil.rmtree(tmp, ignore_errors=True)  # what a failed save of this step left
+            tmp.mkdir(parents=True)
         s.barrier()
         tensors, rest = dcp.split({**s.sharded_state_dict(), **extra})
-        single = not s.sharded
+        whole = not s.sharded  # replicas: rank 0 writes them, alone, with no collective
         if not self.asynchronous:
             failed = None
             try:
-                dcp.save(tmp, tensors, single=single)
+                if s.is_main or not whole:
+                    dcp.save(tmp, tensors, no_dist=whole)
                 if s.is_main:
                     dcp.write_meta(tmp, rest)
             except OSError as e:
@@ -88,7 +93,9 @@ class Checkpointer:
                 self._publish(tmp, step)
             s.barrier()
             return None
-        future = dcp.save(tmp, tensors, process_group=self.group, asynchronous=True, single=single)
+        if whole and not s.is_main:
+            return None
+        future = dcp.save(tmp, tensors, process_group=self.group, asynchronous=True, no_dist=whole)
         holder = {"error": None}
         publisher = None
         if s.is_main:  # DCP's coordinator finishes only after every rank has written: then publish
@@ -188,7 +195,7 @@ def _load_dcp(strategy, path: Path, check) -> dict:
     try:
         dcp.load(path, tensors)
         strategy.load_sharded_state_dict(dcp.merge(tensors, rest))
-    except (KeyError, RuntimeError, ValueError, AssertionError) as e:  # DCP's CheckpointException is a RuntimeError
+    except (KeyError, RuntimeError, ValueError, AssertionError) as e:
         raise CheckpointError(f"checkpoint {path} does not fit this run's model/optimizer: {first_line(e)}") from e
     return rest
 

@@ -117,3 +117,37 @@ def test_every_name_a_config_section_accepts_has_a_loader_or_a_model():
     model_names = {n for section in typing.get_args(config.ModelConfig) for n in config.names(section)}
     assert set(data.LOADERS) == data_names and set(models.MODELS) == model_names
     assert {"resnet110", "vgg16", "googlenet"} <= model_names
+
+
+def _steps(world: int, batch: int, accum: int, steps: int, state=None, n=103, seed=3) -> tuple[list[set], dict]:
+    """The sample ids each optimizer step takes over all ranks, and the position after them."""
+    streams = [BatchStream(TensorDataset(torch.arange(n)), batch, seed, r, world, accum=accum) for r in range(world)]
+    for s in streams:
+        if state:
+            s.load_state_dict(state)
+    its = [iter(s) for s in streams]
+    taken = [{int(i) for it in its for _ in range(accum) for i in next(it)[0]} for _ in range(steps)]
+    return taken, streams[0].state_dict()
+
+
+@pytest.mark.parametrize("then", [(1, 6, 2), (3, 4, 1), (4, 3, 1), (1, 12, 1)])
+def test_a_stream_resumed_on_another_world_size_takes_the_same_samples_per_step(then):
+    """12 samples per step: 2 ranks x 6, then (ranks, batch, accum) of the same product. Over three
+    epochs (8 steps of 12 of 103 samples each: the tail of 7 is dropped), every step takes the same
+    sample ids as an uninterrupted run, so none is seen twice or skipped."""
+    whole, _ = _steps(2, 6, 1, 24)
+    first, position = _steps(2, 6, 1, 11)  # stopped in the second epoch
+    assert position == {"epoch": 1, "batch": 3, "samples": 36}
+    rest, _ = _steps(*then, 13, state=position)
+    assert first + rest == whole
+    assert all(len(step) == 12 for step in whole)
+    for epoch in range(3):
+        ids = set().union(*whole[8 * epoch : 8 * epoch + 8])
+        assert len(ids) == 96  # each sample at most once per epoch
+
+
+def test_an_epoch_is_whole_optimizer_steps_with_accumulation():
+    s = BatchStream(TensorDataset(torch.arange(103)), 10, 3, accum=3)
+    assert s.batches_per_epoch == 9  # 3 steps of 30; not 10 micro-batches, which would split a step
+    with pytest.raises(ValueError, match="not a whole number of this run's micro-batches"):
+        s.load_state_dict({"epoch": 0, "batch": 0, "samples": 15})

@@ -64,11 +64,16 @@ def test_ddp_resume_with_the_same_world_size_is_exact(ddp_run, tmp_path):
     assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
 
 
-def test_resume_with_another_world_size_is_refused(ddp_run, tmp_path):
+def test_a_ddp_checkpoint_of_2_ranks_resumes_in_one_process(ddp_run, tmp_path):
+    """The global batch (2 x 8 x 2 = 32) is kept: one process accumulates 2 micro-batches of 16. The
+    same samples make each step, so losses and weights follow the uninterrupted run."""
     out, _ = ddp_run
-    proc = run_cli("train", *RUN, "data.batch_size=16", "--run-dir", tmp_path / "x",
-                   "--resume", out / "checkpoints" / "step_00000020.pt", check=False)  # fmt: skip
-    assert proc.returncode == 2 and "written by 2 rank(s); resume it with the same world size, not 1" in proc.stderr
+    proc = run_cli("train", *RUN, "data.batch_size=16", "--run-dir", tmp_path / "one",
+                   "--resume", out / "checkpoints" / "step_00000020.pt")  # fmt: skip
+    assert "train.grad_accum 1 -> 2, so a step is still 1 x 16 x 2 = 32 samples" in proc.stderr
+    assert _losses(tmp_path / "one") == pytest.approx(_losses(out)[4:], rel=1e-4)
+    final = [checkpoint.load(d / "checkpoints" / "step_00000040.pt")["model"] for d in (out, tmp_path / "one")]
+    assert all(torch.allclose(final[0][k], final[1][k], atol=1e-5, rtol=0) for k in final[0])
 
 
 def test_plain_srun_variables_form_the_same_world_as_torchrun(ddp_run, tmp_path):

@@ -73,7 +73,7 @@ def test_no_loadable_checkpoint_at_all_is_an_error(tmp_path):
 
 KILLED_WRITER = textwrap.dedent(
     """
-    import os, sys, time, torch
+    import os, sys, threading, time, torch
     import hpc_dl.fileio
     from hpc_dl.checkpoint import CheckpointDir
 
@@ -115,3 +115,63 @@ def test_save_failure_leaves_no_partial_file(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         d.save(2, {"bad": Unsaveable()})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000001.pt", "step_00000001.pt.sha256"]
+
+
+_ASYNC = textwrap.dedent("""
+    import os, sys, threading, time, torch
+    from pathlib import Path
+    from hpc_dl import config
+    from hpc_dl.checkpoint import CheckpointDir, Checkpointer
+    from hpc_dl.distributed.strategy import Strategy
+
+    strategy = Strategy(config.load(None, []).dist, torch.device("cpu"))
+    model = torch.nn.Linear(64, 64)
+    opt = torch.optim.AdamW(model.parameters())
+    strategy.setup(model, opt, torch.optim.lr_scheduler.StepLR(opt, 10), torch.amp.GradScaler("cpu", enabled=False))
+    saver = Checkpointer(strategy, CheckpointDir(Path(sys.argv[1]), 3), "dcp", asynchronous=True)
+    model(torch.ones(2, 64)).sum().backward()
+    strategy.step(None)
+    saver.save(1, {"step": 1})
+    saver.wait()
+    torch.save(model.state_dict(), Path(sys.argv[1]) / "expected.pt")
+
+    fsync = os.fsync
+
+    def stall(fd):  # the background writer's files never become durable: the job is killed meanwhile
+        if threading.current_thread() is threading.main_thread():
+            return fsync(fd)
+        print("saving", flush=True)
+        time.sleep(600)
+
+    os.fsync = stall
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    saver.save(2, {"step": 2})
+    print("training goes on", flush=True)
+    time.sleep(600)
+""")
+
+
+def test_a_kill_during_an_async_save_leaves_the_previous_checkpoint_loadable(tmp_path):
+    from hpc_dl import config
+    from hpc_dl.distributed.strategy import Strategy
+
+    proc = subprocess.Popen([sys.executable, "-c", _ASYNC, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        seen = [proc.stdout.readline().strip() for _ in range(2)]
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert sorted(seen) == ["saving", "training goes on"]  # save(2) returned while its writer was stalled
+    ckpts = CheckpointDir(tmp_path, 3)
+    assert ckpts.latest() == tmp_path / "step_00000001" and (tmp_path / ".step_00000002.tmp").is_dir()
+
+    strategy = Strategy(config.load(None, []).dist, torch.device("cpu"))
+    model = torch.nn.Linear(64, 64)
+    opt = torch.optim.AdamW(model.parameters())
+    strategy.setup(model, opt, torch.optim.lr_scheduler.StepLR(opt, 10), torch.amp.GradScaler("cpu", enabled=False))
+    state = checkpoint.load_into(strategy, ckpts.latest())
+    assert state["step"] == 1 and opt.state_dict()["state"][0]["step"] == 1
+    expected = torch.load(tmp_path / "expected.pt", weights_only=True)
+    assert all(torch.equal(model.state_dict()[k], expected[k]) for k in expected)
+    assert tmp_path / ".step_00000002.tmp" in ckpts.clean_partial()  # what the next run's start removes
