@@ -70,6 +70,10 @@ def test_fsdp_matches_ddp_and_one_process_on_the_same_global_batch(fsdp_run, tmp
     assert sorted(p.name for p in (out / "checkpoints" / "step_00000012").glob("*.distcp")) == [
         "__0_0.distcp", "__1_0.distcp"]  # fmt: skip
     assert [p.name for p in (tmp_path / "ddp" / "checkpoints" / "step_00000012").glob("*.distcp")] == ["__0_0.distcp"]
+    # DDP's DCP folder resumes under FSDP (one rank here): the format is the strategy's common ground
+    run_cli("train", *GPT, "train.steps=14", "data.batch_size=12", "dist.strategy=fsdp", "--run-dir", tmp_path / "f",
+            "--resume", tmp_path / "ddp" / "checkpoints" / "step_00000012")  # fmt: skip
+    assert _summary(tmp_path / "f")["resumed_from"].endswith("step_00000012")
 
 
 def test_fsdp_resume_on_the_same_world_size_is_exact(fsdp_run, tmp_path):
@@ -89,6 +93,14 @@ def test_fsdp_checkpoint_of_2_ranks_resumes_on_1_with_accumulation_adjusted(fsdp
     assert _losses(tmp_path / "one") == pytest.approx(_losses(out, after=6), rel=1e-5)  # the same samples
     assert _close(_weights(tmp_path / "one"), _weights(out))
     assert _close(_weights(tmp_path / "one", part="optimizer"), _weights(out, part="optimizer"))
+
+
+def test_an_fsdp_checkpoint_resumes_in_a_plain_process(fsdp_run, tmp_path):
+    out, _ = fsdp_run
+    run_cli("train", *GPT, "data.batch_size=12", "--run-dir", tmp_path / "single",
+            "--resume", out / "checkpoints" / "step_00000006")  # fmt: skip
+    assert _summary(tmp_path / "single")["strategy"] == "single"
+    assert _losses(tmp_path / "single") == pytest.approx(_losses(out, after=6), rel=1e-5)
 
 
 def test_fsdp_checkpoint_of_2_ranks_resumes_on_3(fsdp_run, tmp_path):
