@@ -51,6 +51,13 @@ def test_consolidated_fp32_state_dict_loads_into_the_plain_model(tmp_path):
     s.module = model
     assert s.parameter_fingerprint() == _summary(tmp_path / "z3")["parameter_fingerprints"][0]
 
+    # ZeRO partitions reload only on the world size that wrote them: refused before DeepSpeed reads them
+    half = tmp_path / "z3" / "checkpoints" / "step_00000006"
+    proc = run_cli("train", *RUN, "dist.zero_stage=3", "--run-dir", tmp_path / "one", "--resume", half, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert (f"checkpoint {half} was written by DeepSpeed on 2 rank(s): each holds its own ZeRO partition of the "
+            "optimizer state, which DeepSpeed reloads only on 2 rank(s), not 1") in proc.stderr  # fmt: skip
+
 
 def test_user_json_is_merged_over_the_generated_config(tmp_path):
     from hpc_dl.distributed.zero import deepspeed_config
