@@ -26,7 +26,6 @@ about 4.5 minutes on a 2-core VM (1 rank 1.5, 2 ranks 3). No thresholds.
 """
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -270,11 +269,7 @@ def main() -> int:
         "worlds": worlds,
         "manifest": ranks.machine(),
     }
-    print(table(result))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return ranks.report(result, table(result), args.out)
 
 
 def _filesystem(path: Path) -> str | None:

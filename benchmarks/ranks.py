@@ -172,3 +172,12 @@ def machine() -> dict:
         out["deepspeed"] = None
     out["child_env"] = {"OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     return out
+
+
+def report(result: dict, table: str, out: Path | None) -> int:
+    """Print the Markdown table; write the JSON result when asked."""
+    print(table)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0

@@ -36,7 +36,6 @@ the step time. No thresholds: this records what each strategy holds and costs he
 
 import argparse
 import gc
-import json
 import os
 import statistics
 import sys
@@ -468,11 +467,7 @@ def main() -> int:
         **summarise(rounds, args),
         "manifest": ranks.machine(),
     }
-    print(table(result))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return ranks.report(result, table(result), args.out)
 
 
 if __name__ == "__main__":

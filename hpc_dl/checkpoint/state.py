@@ -145,14 +145,10 @@ class Checkpointer:
             write_json(final / "ds_config.json", self.strategy.config)
         self.strategy.barrier()
 
-    # --------------------------------------------------------------- loading
-    def load(self, path: Path, check=lambda state: None) -> dict:
-        """Restore the strategy's state from ``path`` (any format this strategy reads); returns the
-        whole checkpoint. ``check(state)`` may refuse it before the model or optimizer is touched."""
-        return load_into(self.strategy, path, check)
-
 
 def load_into(strategy, path: Path, check=lambda state: None) -> dict:
+    """Restore the strategy's state from ``path`` (any format this strategy reads); returns the whole
+    checkpoint. ``check(state)`` may refuse it before the model or optimizer is touched."""
     path = Path(path)
     if strategy.name == "deepspeed":
         return _load_deepspeed(strategy, path, check)
