@@ -87,6 +87,33 @@ def test_preempted_job_checkpoints_requeues_and_finishes(slurm, tmp_path):
     assert first["run_id"] == second["run_id"] and second["config"]["slurm"]["restart_count"] == 1
 
 
+def test_job_requeued_onto_fewer_nodes_resumes_with_the_same_global_batch(slurm, tmp_path):
+    """As when the queue frees fewer nodes than the job had: a 2-node job is pre-empted and, while it
+    waits, shrunk to 1 node (`scontrol update NumNodes=1 NumTasks=1`, as a user does to a pending job);
+    it restarts with 1 rank and resumes the 2-rank checkpoint, gradient accumulation making up the
+    global batch."""
+    job = sbatch("--nodes=2", *SMALL, TEMPLATE, *MLP, "train.steps=3000", "log.every=25",
+                 f"log.dir={tmp_path}/runs", cwd=tmp_path, env={"PROJECT": str(ROOT)})  # fmt: skip
+    log = tmp_path / f"slurm-hpc_dl-{job}.out"
+    run_dir = tmp_path / "runs" / f"breast_cancer-mlp-job{job}"
+    wait_until(lambda: (run_dir / "metrics.jsonl").exists() and _records(run_dir), what="the first metrics record")
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=30)
+    wait_for(job, {"PENDING"}, timeout=180, log=log)
+    subprocess.run(["scontrol", "hold", job], check=True, timeout=30)
+    subprocess.run(["scontrol", "update", f"jobid={job}", "NumNodes=1", "NumTasks=1"], check=True, timeout=30)
+    subprocess.run(["scontrol", "release", job], check=True, timeout=30)
+    state = wait_for(job, {"COMPLETED", "FAILED", "CANCELLED"}, log=log)
+    show = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30).stdout
+    assert state == "COMPLETED", log.read_text() + show
+    text = log.read_text()
+    assert f"job {job} restart 1: 1 node(s)" in text, text + show
+    assert "note: resuming on 1 rank(s) a run of 2: train.grad_accum 1 -> 2" in text, text
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 3000 and summary["world_size"] == 1 and summary["resumed_from"]
+    steps = [r["step"] for r in _records(run_dir) if r["split"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 3000  # no step logged twice, none skipped
+
+
 def test_array_task_requeues_only_itself(slurm, tmp_path):
     out = ["--output=slurm-%A_%a.out", "--error=slurm-%A_%a.out"]
     job = sbatch("--array=0-1", "--nodes=1", *SMALL, *out, TEMPLATE, *MLP[:-1], "train.steps=3000", "log.every=25",
