@@ -338,7 +338,12 @@ class DistConfig:
     strategy: Literal["single", "ddp", "fsdp", "deepspeed"] = _opt(
         "single", "one process, DDP, FSDP2 (fully_shard), or DeepSpeed ZeRO"
     )
-    timeout_s: float = _opt(120.0, "start-up and collective time-out: a missing or dead rank fails the job", gt=0)
+    timeout_s: float = _opt(
+        120.0, "training time-out: a collective that waits longer (a hung or dead rank) fails the job, named", gt=0
+    )
+    startup_timeout_s: float = _opt(
+        300.0, "start-up time-out: rendezvous, check-in and everything until the first step completes", gt=0
+    )
     preflight: bool = _opt(True, "check every rank and an all-reduce before training (distributed runs)")
     bucket_mb: float = _opt(25.0, "ddp: gradient bucket size in MiB", gt=0)
     gradient_as_bucket_view: bool = _opt(True, "ddp: gradients are views into the buckets (saves a copy)")

@@ -16,6 +16,7 @@ from hpc_dl.cli import (
     config,
     consolidate,
     demo,
+    diagnose,
     explain,
     export,
     flops,
@@ -29,7 +30,8 @@ from hpc_dl.cli import (
 from hpc_dl.errors import JobError, UserError
 from hpc_dl.train.stop import EXIT_STOPPED, Stopped
 
-COMMANDS = [train, submit, config, models, preflight, consolidate, flops, bench, demo, explain, export, predict, info]
+COMMANDS = [train, submit, config, models, preflight, diagnose, consolidate, flops, bench, demo, explain, export,
+            predict, info]  # fmt: skip
 
 EPILOG = """\
 examples:

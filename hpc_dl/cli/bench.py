@@ -118,7 +118,15 @@ def cmd_bench_allreduce(args) -> int:
         raise UserError(f"--min-bytes/--max-bytes: {e}") from None
     if low > high:
         raise UserError(f"--min-bytes {args.min_bytes} is larger than --max-bytes {args.max_bytes}")
-    cfg = config.load(None, ["dist.strategy=ddp", f"dist.timeout_s={args.timeout}", f"train.device={args.device}"])
+    cfg = config.load(
+        None,
+        [
+            "dist.strategy=ddp",
+            f"dist.timeout_s={args.timeout}",
+            f"dist.startup_timeout_s={args.timeout}",
+            f"train.device={args.device}",
+        ],
+    )
     s = strategy.build(cfg)
     try:
         with named_failures(s.group):

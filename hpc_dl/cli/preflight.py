@@ -19,7 +19,15 @@ def cmd_preflight(args) -> int:
     from hpc_dl import config
     from hpc_dl.distributed import preflight, strategy
 
-    cfg = config.load(None, ["dist.strategy=ddp", f"dist.timeout_s={args.timeout}", f"train.device={args.device}"])
+    cfg = config.load(
+        None,
+        [
+            "dist.strategy=ddp",
+            f"dist.timeout_s={args.timeout}",
+            f"dist.startup_timeout_s={args.timeout}",
+            f"train.device={args.device}",
+        ],
+    )
     s = strategy.build(cfg)  # check-in: a missing rank fails here, named
     try:
         with named_failures(s.group):

@@ -1,8 +1,11 @@
 """The process group, and start-up checks that fail with an explanation instead of hanging.
 
 Every rank checks in on the rendezvous store with its host and process id before
-any collective runs. Rank 0 waits for all of them for ``dist.timeout_s`` and
+any collective runs. Rank 0 waits for all of them for ``dist.startup_timeout_s`` and
 otherwise fails naming the ranks (and, under Slurm, the hosts) that never came.
+Two time-outs, because start-up on a big allocation is slow (torchtitan uses 300 s)
+and a hung training step should end the job sooner: the start-up one until the first
+optimizer step completes, then ``dist.timeout_s`` for every collective.
 """
 
 import contextlib
@@ -19,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from hpc_dl.distributed import preflight
+from hpc_dl.distributed import hang, preflight
 from hpc_dl.distributed.cluster import World
 from hpc_dl.errors import JobError, UserError, first_line
 
@@ -80,7 +83,9 @@ def _start_time(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 and fields[0] not in ("Z", "X") else None  # Z: exited, not yet reaped
 
 
-def check_in(store: dist.Store, world: World, timeout_s: float, prefix="checkin") -> list[dict]:
+def check_in(
+    store: dist.Store, world: World, timeout_s: float, prefix="checkin", named="dist.startup_timeout_s"
+) -> list[dict]:
     """Every rank posts (host, pid, local rank); returns all of them, or raises naming the absent ranks."""
     me = {"rank": world.rank, "host": socket.gethostname(), "pid": os.getpid(), "local_rank": world.local_rank,
           "start": _start_time(os.getpid())}  # fmt: skip
@@ -95,7 +100,7 @@ def check_in(store: dist.Store, world: World, timeout_s: float, prefix="checkin"
     missing = sorted(set(range(world.world_size)) - {p["rank"] for p in present})
     seen = ", ".join("rank {rank} on {host}".format(**p) for p in present)
     late = describe_missing(missing, world)
-    raise JobError(f"{late} did not start within dist.timeout_s = {timeout_s:g} s; present: {seen}")
+    raise JobError(f"{late} did not start within {named} = {timeout_s:g} s; present: {seen}")
 
 
 def describe_missing(ranks: list[int], world: World, checked_in: list[dict] | None = None) -> str:
@@ -114,6 +119,48 @@ class Group:
     world: World
     store: dist.Store
     members: list[dict]
+    timeout: tuple[str, float]  # the time-out in force: (its config key, seconds)
+    dumps: Path | None = None  # where hang dumps go (the run directory's hang/), once there is one
+    step: int | None = None  # the last optimizer step completed
+    watchdog: hang.Watchdog | None = None
+
+    def watch(self, folder: Path) -> None:
+        """Hang dumps go to ``folder``; an earlier attempt's dumps are removed (each rank its own; rank 0
+        those of ranks this world does not have)."""
+        self.dumps, w = folder, self.world
+        stale = [folder / f"rank{w.rank}.json"]
+        if w.rank == 0 and folder.is_dir():
+            stale += [p for p in folder.glob("rank*.json") if p.stem[4:].isdigit() and int(p.stem[4:]) >= w.world_size]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        self.watchdog = hang.Watchdog(folder, self.world.rank, self.members, self.timeout[1] / 2)
+
+    def progress(self, step: int, training_timeout_s: float) -> None:
+        """After each optimizer step: from the first on, collectives get the training time-out."""
+        if self.timeout[0] != "dist.timeout_s":
+            dist.distributed_c10d.set_timeout(datetime.timedelta(seconds=training_timeout_s))
+            self.timeout = ("dist.timeout_s", training_timeout_s)
+            if self.watchdog:
+                self.watchdog.after = training_timeout_s / 2
+        self.step = step
+        if self.watchdog:
+            self.watchdog.progress(step)
+
+    def dump_trace(self, error: BaseException) -> None:
+        if self.dumps:
+            hang.dump(self.dumps, self.world.rank, self.step, self.members, first_line(error, 300))
+
+    def hang_report(self) -> str:
+        """The dumps' analysis (``hang.analyse``), or '' without any."""
+        try:
+            dumps = hang.read(self.dumps) if self.dumps and self.dumps.is_dir() else {}
+        except ValueError:
+            return ""
+        return f"{hang.analyse(dumps, self.world.world_size)} (traces in {self.dumps})" if dumps else ""
+
+    def close(self) -> None:
+        if self.watchdog:
+            self.watchdog.close()
 
     def report_failure(self, message: str) -> None:
         """Leave a note for the other ranks before this one exits with an error."""
@@ -142,8 +189,10 @@ class Group:
         seen = first_line(error, 200)
         who = describe_missing(gone, w, self.members)
         ended = self.end_unresponsive([r for r in gone if r not in reasons])
+        phase = "training" if self.timeout[0] == "dist.timeout_s" else "start-up"
         return (
-            f"{who} failed or stopped responding" + (f" ({why})" if why else "") + f"; rank {w.rank} saw: {seen}"
+            f"{who} failed or stopped responding" + (f" ({why})" if why else "")
+            + f"; rank {w.rank} saw, during {phase} ({self.timeout[0]} = {self.timeout[1]:g} s): {seen}"
             + (f"; killed {', '.join(ended)} on this host, so that the job ends now" if ended else "")
         )  # fmt: skip
 
@@ -177,16 +226,21 @@ def named_failures(group: Group | None):
         raise
     except Exception as e:
         if group:
+            group.dump_trace(e)  # before diagnose says this rank is alive: the others read it after that
             diagnosis = group.diagnose(e)
+            report = group.hang_report()
             if diagnosis:
-                raise JobError(diagnosis + preflight.nccl_warning_note()) from e  # NCCL's warnings are in its log
+                raise JobError(diagnosis + (f". {report}" if report else "") + preflight.nccl_warning_note()) from e
             group.report_failure(f"{type(e).__name__}: {e}")
+            if report.startswith("collective mismatch"):
+                raise JobError(f"{report}; rank {group.world.rank} saw: {first_line(e, 200)}") from e
         raise
 
 
 def init(world: World, backend: str, timeout_s: float) -> Group:
-    """Form the process group after every rank has checked in."""
+    """Form the process group after every rank has checked in; ``timeout_s``: the start-up time-out."""
     timeout = datetime.timedelta(seconds=timeout_s)
+    hang.enable()
     try:
         store = _store(world, timeout)
     except (RuntimeError, dist.DistError) as e:
@@ -198,4 +252,4 @@ def init(world: World, backend: str, timeout_s: float) -> Group:
     FORMED = True
     members = check_in(store, world, timeout_s)
     dist.init_process_group(backend, store=store, rank=world.rank, world_size=world.world_size, timeout=timeout)
-    return Group(world, store, members)
+    return Group(world, store, members, ("dist.startup_timeout_s", timeout_s))

@@ -7,6 +7,7 @@ no MPI, no cluster. ``DDP`` adds the process group and gradient all-reduce;
 """
 
 import contextlib
+import datetime
 import hashlib
 import math
 import os
@@ -38,7 +39,7 @@ class Strategy:
         """``dist``: the config's ``dist`` section, the only one a strategy reads."""
         self.dist, self.device, self.group = dist, device, group
         self.world = group.world if group else cluster.World()
-        self._cpu_group = None  # for any_rank
+        self._flag = None  # any_rank's group and the all-reduce in flight
 
     @property
     def rank(self) -> int:
@@ -93,15 +94,23 @@ class Strategy:
         return tensor
 
     def any_rank(self, flag: bool) -> bool:
-        """True on every rank when any rank passes True: a CPU (gloo) all-reduce, so asking
-        every step costs no GPU synchronisation."""
+        """True on every rank, at the same call, once any rank has passed True -- one call after that
+        rank did: each call's flag is all-reduced in the background and read at the next call, so a
+        step never waits for the round trip (whose latency grows with the rank count). On a gloo group
+        of its own: no GPU synchronisation, no queueing behind gradient traffic."""
         if self.world_size == 1:
             return flag
-        if self._cpu_group is None:  # created at the first call, which every rank makes at the same step
-            self._cpu_group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        if self._flag is None:  # made at the first call, which every rank makes at the same step
+            timeout = datetime.timedelta(seconds=self.dist.timeout_s)
+            self._flag = (dist.new_group(backend="gloo", timeout=timeout), None, None)
+        group, work, previous = self._flag
+        agreed = False
+        if work is not None:
+            work.wait()  # issued a step ago: done by now unless a rank is missing (then: the time-out)
+            agreed = bool(previous.item())
         t = torch.tensor([int(flag)])
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._cpu_group)
-        return bool(t.item())
+        self._flag = (group, dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group, async_op=True), t)
+        return agreed
 
     def gather_object(self, obj) -> list:
         if self.world_size == 1:
@@ -156,6 +165,8 @@ class Strategy:
         return digest.hexdigest()[:16]
 
     def close(self) -> None:
+        if self.group:
+            self.group.close()
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -207,7 +218,7 @@ def build(cfg) -> Strategy:
     if device.type == "cuda":
         torch.cuda.set_device(device)
         preflight.capture_nccl_log()
-    group = process_group.init(world, "nccl" if device.type == "cuda" else "gloo", cfg.dist.timeout_s)
+    group = process_group.init(world, "nccl" if device.type == "cuda" else "gloo", cfg.dist.startup_timeout_s)
     if name == "ddp":
         return DDP(cfg.dist, device, group)
     if name == "fsdp":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from hpc_dl import config, data, models
 from hpc_dl.checkpoint import CheckpointDir
-from hpc_dl.distributed import cluster, precision, preflight
+from hpc_dl.distributed import cluster, hang, precision, preflight
 from hpc_dl.distributed import strategy as strategies
 from hpc_dl.distributed.process_group import named_failures
 from hpc_dl.errors import JobError, UserError
@@ -144,6 +144,9 @@ def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, st
     out = Path(strategy.gather_object(str(run_directory(cfg, run_dir)))[0])  # rank 0 names it for all
     ckpts = CheckpointDir(out / "checkpoints", cfg.checkpoint.keep_last)
     _claim(out, strategy, held)
+    if strategy.group:  # hang dumps go here (distributed/hang.py)
+        strategy.group.watch(out / hang.FOLDER)
+        on_step = _watched(strategy.group, cfg.dist.timeout_s, on_step)
     resumed = _resume(trainer, ckpts, resume)
     if resumed and trainer.step >= trainer.total_steps:  # nothing to train: leave every file as it is
         return _finished_already(out, trainer, strategy)
@@ -169,6 +172,17 @@ def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, st
         raise JobError(f"{trainer.checkpoint_error}; the run finished and wrote {out / 'summary.json'}, "
                        f"but its newest checkpoint is {summary['checkpoint']}")  # fmt: skip
     return summary
+
+
+def _watched(group, timeout_s: float, on_step):
+    """``on_step`` that also tells the process group: from the first step on, the training time-out
+    applies, and the hang watchdog sees progress."""
+
+    def step(n: int) -> None:
+        group.progress(n, timeout_s)
+        on_step(n)
+
+    return step
 
 
 def _preflight(cfg: config.Config, strategy) -> dict | None:

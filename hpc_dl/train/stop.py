@@ -2,8 +2,10 @@
 
 Slurm warns a job with a signal (USR1 from slurm/train.sbatch, SIGTERM at pre-emption
 and at the time limit). The handler only notes it; after each optimizer step the ranks
-agree (one CPU all-reduce of one integer, no GPU sync) whether any of them was
-signalled, so all of them stop after the same step and write one checkpoint together.
+agree whether any of them was signalled -- one CPU all-reduce of one integer, issued
+after a step and read after the next, so no step waits for it and its cost does not grow
+with the job -- so all of them stop after the same step (the one after the signal is seen)
+and write one checkpoint together.
 The process then exits with EXIT_STOPPED and the job is requeued: by whoever owns the
 requeue -- slurm/train.sbatch (HPC_DL_REQUEUE=batch, it works when the ranks run in a
 container without Slurm commands), submitit, or else this process with `scontrol requeue`.

@@ -299,7 +299,8 @@ class Trainer:
 
 # What may differ between a run and the checkpoint it resumes from: how it is observed, saved,
 # loaded and launched, and where its files are. The rest defines the training itself.
-_FREE_ON_RESUME = ("log.", "checkpoint.", "slurm.", "dist.strategy", "dist.timeout_s", "dist.preflight",
+_FREE_ON_RESUME = ("log.", "checkpoint.", "slurm.", "dist.strategy", "dist.timeout_s", "dist.startup_timeout_s",
+                   "dist.preflight",
                    "dist.fsdp_", "data.batch_size", "train.grad_accum",  # the global batch is checked instead
                    "dist.bucket_mb", "dist.gradient_as_bucket_view", "dist.static_graph", "train.eval_every",
                    "train.stop_signals", "train.activation_checkpointing",

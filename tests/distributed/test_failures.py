@@ -13,7 +13,8 @@ from tests.distributed.launch import srun_like
 pytestmark = pytest.mark.slow
 
 LONG = [CONFIGS / "breast_cancer_mlp.yaml", "dist.strategy=ddp", "train.steps=100000", "log.every=5",
-        "train.eval_every=0", "dist.timeout_s=20", "log.plots=false", "dist.preflight=false"]  # fmt: skip
+        "train.eval_every=0", "dist.timeout_s=20", "dist.startup_timeout_s=20", "log.plots=false",
+        "dist.preflight=false"]  # fmt: skip
 
 
 def _wait_for_training(run_dir, limit=120):
@@ -44,7 +45,7 @@ def test_rank_that_never_starts_is_named(tmp_path):
     (rank0,) = srun_like("train", *LONG, "--run-dir", tmp_path / "run", ranks=(0,))  # rank 1 never comes
     _, err = rank0.communicate(timeout=60)
     assert rank0.returncode == 1
-    assert f"rank 1 ({socket.gethostname()}) did not start within dist.timeout_s = 20 s" in err
+    assert f"rank 1 ({socket.gethostname()}) did not start within dist.startup_timeout_s = 20 s" in err
     assert f"present: rank 0 on {socket.gethostname()}" in err
 
 
@@ -53,7 +54,7 @@ def test_preflight_fails_naming_the_missing_rank(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert err.strip() == (
-        f"error: rank 1 ({socket.gethostname()}) did not start within dist.timeout_s = 3 s; "
+        f"error: rank 1 ({socket.gethostname()}) did not start within dist.startup_timeout_s = 3 s; "
         f"present: rank 0 on {socket.gethostname()}"
     )
 
@@ -73,35 +74,6 @@ def test_torchrun_job_with_a_killed_rank_exits_non_zero_naming_it(tmp_path):
     out, err = job.communicate(timeout=60)
     assert job.returncode != 0
     assert "rank 1" in out + err or "rank: 1" in out + err, out + err
-
-
-def test_torchrun_job_with_a_stopped_rank_ends_within_the_time_out(tmp_path):
-    """A rank stopped by SIGSTOP runs no SIGTERM handler: without help, torchrun would wait its 30 s
-    grace before it kills the rank, and the job would end about 55 s after the stop instead of 25."""
-    import subprocess
-    import sys
-
-    from tests.distributed.launch import QUIET
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "hpc_dl",
-           "train", *map(str, LONG), "--run-dir", str(tmp_path / "run")]  # fmt: skip
-    job = subprocess.Popen(cmd, env={**os.environ, **QUIET}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for_training(tmp_path / "run")
-        victim = _worker_pid(job.pid, rank=1)
-        stopped_at = time.monotonic()
-        os.kill(victim, signal.SIGSTOP)
-        out, err = job.communicate(timeout=120)
-        took = time.monotonic() - stopped_at
-    finally:
-        if job.poll() is None:
-            job.kill()
-    print(f"torchrun exited {took:.1f} s after the stop")
-    assert job.returncode != 0
-    assert f"rank 1 ({socket.gethostname()}) failed or stopped responding" in err, err
-    assert f"killed rank 1 (PID {victim}) on this host" in err, err
-    # dist.timeout_s, the 5 s in which the survivor asks who is gone, and slack for a busy machine
-    assert took < 20 + 5 + 10, f"the job ended {took:.0f} s after rank 1 stopped (dist.timeout_s = 20)"
 
 
 def _worker_pid(parent: int, rank: int) -> int:
