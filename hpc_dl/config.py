@@ -316,6 +316,11 @@ class LogConfig:
     achievable_tflops: float | None = _opt(None, "measured matmul TFLOP/s (hpc-dl bench gemm) for a second MFU", gt=0)
     utilisation: bool = _opt(True, "sample GPU (NVML) and host (CPU, memory) utilisation on every rank")
     sample_interval_s: float = _opt(1.0, "seconds between utilisation samples", gt=0)
+    straggler_margin: float = _opt(
+        0.25,
+        "name a rank whose own time per step exceeds the median's by this fraction, 3 windows in a row (0: off)",
+        ge=0,
+    )
     profile_steps: int = _opt(0, "torch.profiler: trace this many steps into <run>/profile (0: off)", ge=0)
     profile_warmup: int = _opt(5, "torch.profiler: steps run before the traced ones (compilation, caches)", ge=0)
     wandb: bool = _opt(True, "log to Weights & Biases (rank 0; offline without an API key)")

@@ -255,6 +255,7 @@ class WandbRun:
                     final.update({f"final/{split}_{k}": v for k, v in summary.get(split, {}).items() if _number(v)})
                 final["final/steps"] = summary["steps"]
                 final["final/wall_time_s"] = summary["wall_time_s"]
+                final["final/stragglers"] = len(summary.get("stragglers", []))
                 self.run.summary.update(final)
             media = {f"{section}/{p.stem}": wandb.Image(str(p)) for p in images if p.exists()}
             if self.ranks:  # one row per rank: the means over the run (a chart per rank would not scale)
@@ -262,6 +263,11 @@ class WandbRun:
                 rows = [[r, sums["host"], *[sums.get(k, 0.0) / sums["windows"] for k in keys]]
                         for r, sums in sorted(self.ranks.items())]  # fmt: skip
                 media["system/ranks"] = wandb.Table(columns=["rank", "host", *keys], data=rows)
+            nodes = (summary or {}).get("nodes")
+            if nodes:  # one row per node: means per step over the run, and windows it held the job back
+                keys = ["step_s", "data_s", "own_s", "straggler_windows"]
+                rows = [[n["host"], " ".join(map(str, n["ranks"])), *[n[k] for k in keys]] for n in nodes]
+                media["system/nodes"] = wandb.Table(columns=["host", "ranks", *keys], data=rows)
             if media:
                 self.run.log(media)
             run_dir = Path(self.run.dir).parent  # .../wandb/<offline-run-...>/files

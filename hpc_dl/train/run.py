@@ -280,4 +280,5 @@ def _summary(cfg, strategy, built: Built, out: Path, resumed, t0: float, rates: 
         "test_source": built.splits.test_source,  # None: a held-out split of its own
         "checkpoint": str(ckpts.latest()),
         "checkpoint_error": tr.checkpoint_error,
+        **tr.stragglers.summary(),  # stragglers named, and a per-node table
     }

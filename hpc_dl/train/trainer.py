@@ -27,6 +27,7 @@ from hpc_dl.errors import ConfigError, JobError
 from hpc_dl.fileio import DiskFullError
 from hpc_dl.telemetry import peaks
 from hpc_dl.telemetry.record import Record
+from hpc_dl.telemetry.stragglers import Stragglers
 from hpc_dl.telemetry.timing import StepTimer
 from hpc_dl.train import rng
 from hpc_dl.train.optim import build_optimizer, build_scheduler
@@ -84,6 +85,7 @@ class Trainer:
         self.peak_tflops: float | None = None
         self.achievable_tflops: float | None = cfg.log.achievable_tflops
         self.sampler = None  # telemetry.sampler.Sampler, when utilisation is sampled
+        self.stragglers = Stragglers(cfg.log.straggler_margin)
         self.stop: SignalStop | None = None  # checkpoint and stop when a rank is signalled
         self.checkpoint_error: str | None = None  # a save that failed for lack of space (the run goes on)
 
@@ -418,7 +420,8 @@ class _Window:
         }
         if tr.splits.spec.task == "lm":
             record["tokens_per_s"] = self.timed_targets * tr.strategy.world_size / elapsed if elapsed > 0 else None
-        record.update(_breakdown(tr.timer))
+        timing = _breakdown(tr.timer)
+        record.update(timing)
         if tr.flops_per_sample and elapsed > 0:
             work = tr.flops_per_sample * self.timed_samples  # this rank's share of the job
             record["tflops_per_device"] = work / elapsed / 1e12
@@ -426,15 +429,30 @@ class _Window:
                 record["mfu"], record["peak_tflops"] = peaks.mfu(work, elapsed, 1, tr.peak_tflops), tr.peak_tflops
             if tr.achievable_tflops:
                 record["mfu_achievable"] = peaks.mfu(work, elapsed, 1, tr.achievable_tflops)
-        if tr.sampler is not None:  # every rank's utilisation, so the least busy GPU shows
-            ranks = tr.strategy.gather_object(tr.sampler.window())
+        if tr.sampler is not None or tr.strategy.world_size > 1:  # every rank's times and utilisation
+            ranks = tr.strategy.gather_object(_own_times(tr, timing) | (tr.sampler.window() if tr.sampler else {}))
             record["ranks"] = ranks
             for key in ("gpu_util", "cpu_percent"):
                 if key in ranks[0]:
                     record[f"{key}_min"] = min(r[key] for r in ranks)
                     record[f"{key}_max"] = max(r[key] for r in ranks)
+            slow = tr.stragglers.update(ranks)
+            record["stragglers"] = len(slow)
+            if slow:
+                record["straggler_ranks"] = [s["rank"] for s in slow]
+                for s in slow:
+                    tr._say(Stragglers.line(s))
         self.reset()
         return record
+
+
+def _own_times(tr: Trainer, timing: dict) -> dict:
+    """This rank's times per step; own = the step minus the wait in the gradient all-reduce (see
+    telemetry/stragglers.py)."""
+    step, comm = timing.get("step_s"), timing.get("comm_s", 0.0)
+    own = None if step is None else max(step - comm, 0.0)
+    return {"rank": tr.strategy.rank, "host": socket.gethostname(), "step_s": step, "data_s": timing.get("data_s"),
+            "comm_s": timing.get("comm_s"), "own_s": own}  # fmt: skip
 
 
 def _breakdown(timer: StepTimer) -> dict:

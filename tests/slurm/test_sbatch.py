@@ -33,6 +33,8 @@ def test_two_node_ddp_through_the_template(slurm, tmp_path):
     assert summary["world_size"] == 2 and summary["steps"] == 60 and summary["strategy"] == "ddp"
     hosts = {r["host"] for r in _records(run_dir)[-3]["ranks"]}
     assert hosts == {"hpcdl-n1", "hpcdl-n2"}  # one rank on each node
+    nodes = {n["host"]: n["ranks"] for n in summary["nodes"]}  # the per-node table
+    assert sorted(nodes.values()) == [[0], [1]] and set(nodes) == hosts
     text = log.read_text()
     assert f"rendezvous hpcdl-n1:{20000 + int(job) % 20000}" in text and "training finished with status 0" in text
 
