@@ -8,8 +8,9 @@ a rank is named as gone, every reachable rank writes its recent entries as JSON 
 ``RUN_DIR/hang/rank<r>.json``; a watchdog thread also writes them when no step has
 completed for half of ``dist.timeout_s``, so a job that Slurm kills while it hangs still
 leaves them. ``analyse`` reads those files (here, and in ``hpc-dl diagnose RUN_DIR``):
-the collective the job stopped in, the ranks that never entered it (with hosts), ranks
-that entered different collectives at the same sequence number, the last completed step.
+the earliest collective a rank is still at, the ranks at it, those that went on (it completed
+for them), those that left no trace (with hosts), ranks that issued different collectives at
+the same sequence number, the last completed step.
 
 The files are JSON written by the job itself; reading them runs no code.
 """
@@ -96,7 +97,7 @@ def _describe(e: dict) -> str:
 
 
 def analyse(dumps: dict[int, dict], world_size: int | None = None) -> str:
-    """One line: the collective, the ranks that never entered it (with hosts), or a mismatch."""
+    """One line: the collective, the ranks at it, ahead of it or without a trace (with hosts), or a mismatch."""
     if not dumps:
         return "no hang dumps"
     hosts = {}
@@ -119,23 +120,28 @@ def analyse(dumps: dict[int, dict], world_size: int | None = None) -> str:
     pg = max(set(votes), key=votes.count)
     last = {r: max(e["seq"] for e in d["entries"] if e["pg"] == pg)
             for r, d in dumps.items() if any(e["pg"] == pg for e in d["entries"])}  # fmt: skip
-    seq = max(last.values())
+    # The earliest collective a rank is still at: those past it saw it complete (a ring can finish on
+    # one rank while its neighbours still wait on the rank that stopped).
+    seq = min(last.values())
     at = {r: e for r, d in dumps.items() for e in d["entries"] if e["pg"] == pg and e["seq"] == seq}
     kinds = {(e["op"], json.dumps(e["sizes"]), json.dumps(e["dtypes"])) for e in at.values()}
     if len(kinds) > 1:
         each = "; ".join(f"rank {r}: {_describe(e)}" for r, e in sorted(at.items()))
         return f"collective mismatch at #{seq} on process group {pg}: {each}{tail}"
-    behind = sorted(r for r, s in last.items() if s < seq) + sorted(r for r in dumps if r not in last)
+    stuck = sorted(r for r, s in last.items() if s == seq)
+    ahead = {r: s for r, s in last.items() if s > seq}
+    elsewhere = sorted(r for r in dumps if r not in last)
     silent = sorted(set(range(n)) - set(dumps))
     parts = []
-    if behind:
-        parts.append(f"{who(behind)} never entered it (stopped at an earlier collective)")
+    if ahead:
+        parts.append(f"{who(sorted(ahead))} went on to #{max(ahead.values())} (it completed for them)")
+    if elsewhere:
+        parts.append(f"{who(elsewhere)} issued nothing on that process group")
     if silent:
         parts.append(f"{who(silent)} left no trace (stopped, killed, or its node unreachable)")
     if not parts:
-        parts.append(f"every rank entered it ({who(sorted(at))}): a slow network or a fault inside the collective")
-    entered = sorted(at)
-    return f"stopped in {_describe(next(iter(at.values())))}, entered by {who(entered)}; " + "; ".join(parts) + tail
+        parts.append("every rank issued it: a slow network or a fault inside the collective")
+    return f"stopped at {_describe(at[stuck[0]])}, the last collective of {who(stuck)}; " + "; ".join(parts) + tail
 
 
 class Watchdog:
