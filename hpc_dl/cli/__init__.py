@@ -24,14 +24,15 @@ from hpc_dl.cli import (
     models,
     predict,
     preflight,
+    report,
     submit,
     train,
 )
 from hpc_dl.errors import JobError, UserError
 from hpc_dl.train.stop import EXIT_STOPPED, Stopped
 
-COMMANDS = [train, submit, config, models, preflight, diagnose, consolidate, flops, bench, demo, explain, export,
-            predict, info]  # fmt: skip
+COMMANDS = [train, submit, config, models, preflight, diagnose, report, consolidate, flops, bench, demo, explain,
+            export, predict, info]  # fmt: skip
 
 EPILOG = """\
 examples:

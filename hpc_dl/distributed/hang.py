@@ -82,12 +82,22 @@ def read(folder: Path) -> dict[int, dict]:
     for path in sorted(folder.glob("rank*.json")):
         try:
             record = json.loads(path.read_text())
-            rank = int(record["rank"])
-            record["entries"] = [dict(e) for e in record["entries"]]
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            rank, record["host"] = int(record["rank"]), str(record["host"])
+            record["members"] = [{"rank": int(m["rank"]), "host": str(m["host"])} for m in record.get("members", [])]
+            record["entries"] = [_checked(e) for e in record["entries"]]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"{path}: not a hang dump written by hpc_dl ({type(e).__name__}: {e})") from e
         dumps[rank] = record
     return dumps
+
+
+def _checked(e: dict) -> dict:
+    """A dumped entry with the types the analysis relies on (a crafted file fails here, named)."""
+    sizes, dtypes = e.get("sizes") or [], e.get("dtypes") or []
+    if not (isinstance(sizes, list) and all(isinstance(s, list) for s in sizes) and isinstance(dtypes, list)):
+        raise TypeError("sizes and dtypes must be lists")
+    return {**e, "pg": str(e["pg"]), "seq": int(e["seq"]), "op": str(e["op"]), "sizes": sizes, "dtypes": dtypes,
+            "t": int(e.get("t") or 0)}  # fmt: skip
 
 
 def _describe(e: dict) -> str:

@@ -40,6 +40,9 @@ class Strategy:
         self.dist, self.device, self.group = dist, device, group
         self.world = group.world if group else cluster.World()
         self._flag = None  # any_rank's group and the all-reduce in flight
+        # True (on the device) once this rank's own gradient was non-finite before it was reduced;
+        # None where the strategy cannot see it (only the reduced gradient norm is checked then)
+        self.own_grad_nonfinite: torch.Tensor | None = None
 
     @property
     def rank(self) -> int:
@@ -192,7 +195,12 @@ class DDP(Strategy):
     def time_communication(self, timer) -> None:
         from hpc_dl.telemetry.timing import timed_allreduce_hook
 
-        self.ddp.register_comm_hook(None, timed_allreduce_hook(timer))
+        self.own_grad_nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+
+        def own_bucket(buffer: torch.Tensor) -> None:  # one fused pass over the bucket, no sync
+            self.own_grad_nonfinite |= ~torch.isfinite(buffer.sum())
+
+        self.ddp.register_comm_hook(None, timed_allreduce_hook(timer, own_bucket))
 
 
 def _free_port() -> int:

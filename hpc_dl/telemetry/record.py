@@ -33,7 +33,8 @@ class Record(TypedDict, total=False):
     mfu: float  # against peak_tflops
     peak_tflops: float
     mfu_achievable: float  # against log.achievable_tflops
-    ranks: list[dict]  # each rank's utilisation window, when sampled
+    mem_peak_gib: float  # the largest of the ranks' peaks so far: CUDA allocator on GPUs, resident set on the CPU
+    ranks: list[dict]  # each rank's times, peak memory and utilisation window (distributed or sampled runs)
     gpu_util_min: float
     gpu_util_max: float
     cpu_percent_min: float

@@ -49,12 +49,14 @@ class StepTimer:
         return out
 
 
-def timed_allreduce_hook(timer: StepTimer):
+def timed_allreduce_hook(timer: StepTimer, before=lambda buffer: None):
     """A DDP comm hook: the default all-reduce, with the time from launch to completion added
-    to ``timer.comm`` (host clock: the all-reduce overlaps with backward)."""
+    to ``timer.comm`` (host clock: the all-reduce overlaps with backward). ``before(buffer)`` sees
+    this rank's own bucket of gradients before it is reduced."""
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
     def hook(process_group, bucket):
+        before(bucket.buffer())
         start = time.perf_counter()
         future = default_hooks.allreduce_hook(process_group, bucket)
 

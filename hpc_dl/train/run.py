@@ -5,6 +5,7 @@ Run directory (``log.dir/<run name>``):
   env.json        hpc_dl/torch/CUDA/NCCL versions, device, host, git revision, Slurm
   metrics.jsonl   one record per log step and per evaluation
   summary.json    final validation and test metrics, steps, time, throughput
+  events.jsonl    each segment's start (step, ranks, hosts, Slurm restart) and end (outcome, message)
   loss.png, accuracy.png
   checkpoints/    step_*.pt and the ``latest`` pointer
   wandb/, wandb_id  the W&B run (offline without an API key) and its id, reused on resume
@@ -15,6 +16,7 @@ import contextlib
 import datetime
 import json
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from hpc_dl.errors import JobError, UserError
 from hpc_dl.fileio import DirectoryLock
 from hpc_dl.models import checkpointing
 from hpc_dl.telemetry import flops, peaks
+from hpc_dl.telemetry.events import Events
 from hpc_dl.telemetry.observer import RunObserver
 from hpc_dl.train import rng, transfer
 from hpc_dl.train.stop import SignalStop, Stopped, requeue_self
@@ -109,9 +112,18 @@ def train(cfg: config.Config, run_dir: str | None = None, resume: str | None = N
     t0 = time.perf_counter()
     with SignalStop(cfg.train.stop_signals) as stop, contextlib.ExitStack() as held:  # a signal in set-up is kept
         strategy = strategies.build(cfg)
+        events = Events()  # started once the run directory is known
         try:
             with named_failures(strategy.group):
-                return _train(cfg, strategy, run_dir, resume, t0, on_step or (lambda step: None), stop, held)
+                summary = _train(cfg, strategy, run_dir, resume, t0, on_step or (lambda step: None), stop, held, events)
+            events.end("completed")
+            return summary
+        except Stopped as e:
+            events.end("stopped", str(e))
+            raise
+        except BaseException as e:
+            events.end("failed", (str(e) or type(e).__name__)[:4000])
+            raise
         finally:
             strategy.close()
 
@@ -137,7 +149,8 @@ def _claim(out: Path, strategy, held: contextlib.ExitStack) -> None:
         raise UserError(problem)
 
 
-def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, stop: SignalStop, held) -> dict | None:
+def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, stop: SignalStop, held,
+           events: Events) -> dict | None:  # fmt: skip
     checked = _preflight(cfg, strategy)
     built = _build(cfg, strategy)
     trainer = built.trainer
@@ -150,10 +163,14 @@ def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, st
     resumed = _resume(trainer, ckpts, resume)
     if resumed and trainer.step >= trainer.total_steps:  # nothing to train: leave every file as it is
         return _finished_already(out, trainer, strategy)
+    hosts = [m["host"] for m in strategy.group.members] if strategy.group else [socket.gethostname()]
+    events.start(out, strategy.is_main, lambda: trainer.step, strategy.world_size, hosts, cluster.job_id(),
+                 cluster.restart_count(), str(resumed) if resumed else None)  # fmt: skip
     with RunObserver(cfg, strategy, out, trainer.total_steps, trainer.step) as observer:
         for line in _introduction(cfg, strategy, built, out, resumed):
             observer.say(line)
         trainer.observers, trainer.sampler, trainer.stop = observer.observers, observer.sampler, stop
+        trainer.memory_dir = out / "memory"
         try:
             results = trainer.fit(ckpts, on_step=observer.on_step(on_step))
         except Stopped as stopped:  # before anything closes: `scontrol requeue` ends this job step
@@ -273,6 +290,7 @@ def _summary(cfg, strategy, built: Built, out: Path, resumed, t0: float, rates: 
         "resumed_from": str(resumed) if resumed else None,
         "wall_time_s": round(time.perf_counter() - t0, 3),
         "throughput": rates,  # medians over log windows
+        "mem_peak_gib": tr.mem_peak_gib,  # the largest peak of any rank (CUDA allocator, or resident set on the CPU)
         "preflight": checked,
         "transfer": built.transferred,
         "val": {k: v for k, v in results["val"].items() if k not in ("split", "step")},

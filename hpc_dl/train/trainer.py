@@ -23,9 +23,9 @@ from hpc_dl.data.loader import BatchStream, eval_batches
 from hpc_dl.data.spec import Splits
 from hpc_dl.distributed import precision
 from hpc_dl.distributed.strategy import Strategy
-from hpc_dl.errors import ConfigError, JobError
+from hpc_dl.errors import ConfigError, JobError, first_line
 from hpc_dl.fileio import DiskFullError
-from hpc_dl.telemetry import peaks
+from hpc_dl.telemetry import memory, peaks
 from hpc_dl.telemetry.record import Record
 from hpc_dl.telemetry.stragglers import Stragglers
 from hpc_dl.telemetry.timing import StepTimer
@@ -88,6 +88,8 @@ class Trainer:
         self.stragglers = Stragglers(cfg.log.straggler_margin)
         self.stop: SignalStop | None = None  # checkpoint and stop when a rank is signalled
         self.checkpoint_error: str | None = None  # a save that failed for lack of space (the run goes on)
+        self.memory_dir = None  # where an out-of-memory snapshot goes (the run directory's memory/)
+        self.mem_peak_gib = 0.0  # the largest peak any rank reported (see _own_times)
 
     def _make_stream(self) -> None:
         """The batch stream and the run's length, from the batch settings (again if a resume changes them)."""
@@ -108,6 +110,10 @@ class Trainer:
         )
         try:
             return self._fit(checkpoints, on_step)
+        except Exception as e:
+            if memory.is_oom(e):
+                raise OutOfMemory(self._oom_message(e)) from e
+            raise
         finally:
             if self.checkpointer:  # a save in flight is finished (or fails) before anything closes
                 self.checkpointer.wait()
@@ -128,7 +134,7 @@ class Trainer:
                 self.strategy.backward(loss / accum)
                 window.add(loss.detach(), self.correct_fn(logits.detach(), y), y, self.step + 1)
                 self.timer.mark("compute")
-            window.grad_norm = self.strategy.step(t.grad_clip)
+            window.add_grad(self.strategy.step(t.grad_clip), self.step + 1)
             self.timer.mark("optimizer")
             self.step += 1
             on_step(self.step)
@@ -155,6 +161,22 @@ class Trainer:
         if checkpoints:
             self.save(checkpoints)
         return results
+
+    def _oom_message(self, error: Exception) -> str:
+        """Which rank ran out, with what batch and model, how much it held; on a GPU the allocator's
+        snapshot is written for PyTorch's memory viewer."""
+        d, t, dev = self.cfg.data, self.cfg.train, self.device
+        params = sum(p.numel() for p in self.strategy.module.parameters())
+        snap = memory.snapshot(dev, self.memory_dir, self.strategy.rank) if self.memory_dir else None
+        return (
+            f"out of memory on rank {self.strategy.rank} ({socket.gethostname()}, {dev}) at step {self.step + 1}: "
+            f"batch {d.batch_size} x {tuple(self.splits.spec.input_shape)} per micro-step (x {t.grad_accum} "
+            f"accumulated), model {params:,} parameters ({params * 4 / 2**30:.2f} GiB in fp32, before gradients "
+            f"and optimizer state), peak {memory.peak_gib(dev):.2f} GiB{memory.capacity(dev)}"
+            + (f"; allocator snapshot {snap} (open it at https://pytorch.org/memory_viz)" if snap else "")
+            + ". Lower data.batch_size (train.grad_accum keeps the global batch), use train.precision=bf16, "
+            "train.activation_checkpointing, or dist.strategy=fsdp" + f" ({first_line(error)})"
+        )
 
     def _stop_here(self, window, checkpoints: CheckpointDir | None, lr: float, saved: bool) -> None:
         """Every rank stops after this step: log it, checkpoint it (unless just saved), raise Stopped."""
@@ -356,8 +378,12 @@ def _planned_steps(saved: dict | None) -> int | None:
     return ((saved or {}).get("train") or {}).get("steps")
 
 
+class OutOfMemory(JobError):
+    """A rank ran out of device (or host) memory."""
+
+
 class NonFiniteLoss(JobError):
-    """The training loss became NaN or infinite."""
+    """The training loss or the gradient became NaN or infinite."""
 
 
 class _Window:
@@ -371,7 +397,10 @@ class _Window:
 
     def reset(self):
         self.sums = torch.zeros(3, dtype=torch.float64, device=self.trainer.device)  # loss, correct, targets
-        self.first_bad = torch.full((), -1, dtype=torch.int64, device=self.trainer.device)  # step of a NaN/inf loss
+        # the first step with a NaN/inf: loss, this rank's own gradient, gradient norm (after any reduction)
+        self.first_bad, self.first_bad_own, self.first_bad_grad = (
+            torch.full((), -1, dtype=torch.int64, device=self.trainer.device) for _ in range(3)
+        )
         self.restart_clock()
 
     def restart_clock(self):
@@ -388,19 +417,38 @@ class _Window:
         self.timed_samples += len(y)
         self.timed_targets += y.numel()
 
+    def add_grad(self, norm: torch.Tensor, step: int) -> None:
+        """The step's gradient norm (before clipping). Not checked with fp16's loss scaler, which
+        skips steps with inf gradients by design, nor DeepSpeed's, which reports no norm on some steps."""
+        self.grad_norm = norm
+        s = self.trainer.strategy
+        if s.scaler.is_enabled() or s.name == "deepspeed":
+            return
+        self.first_bad_grad = torch.where((self.first_bad_grad < 0) & ~torch.isfinite(norm), step, self.first_bad_grad)
+        if s.own_grad_nonfinite is not None:
+            self.first_bad_own = torch.where((self.first_bad_own < 0) & s.own_grad_nonfinite, step, self.first_bad_own)
+
     def check_finite(self) -> None:
-        """Stop the run, naming the step and rank, when any rank's loss was NaN or infinite."""
+        """Stop the run when any rank's loss or the gradient was NaN or infinite, naming the first
+        step, the rank, its host, and which of the two it was."""
         tr = self.trainer
-        flag = (self.first_bad >= 0).to(torch.float64).reshape(1)
+        firsts = torch.stack([self.first_bad, self.first_bad_own, self.first_bad_grad])
+        flag = (firsts.max() >= 0).to(torch.float64).reshape(1)
         if tr.strategy.all_reduce_sum(flag).item() == 0:
             return
-        where = tr.strategy.gather_object((int(self.first_bad), socket.gethostname()))
-        step, rank = min((s, r) for r, (s, _) in enumerate(where) if s >= 0)
+        where = tr.strategy.gather_object((*firsts.tolist(), socket.gethostname()))
+        # the earliest step; at the same step the loss came first, then a rank's own gradient, then the reduced one
+        step, kind, rank = min((s, k, r) for r, w in enumerate(where) for k, s in enumerate(w[:3]) if s >= 0)
+        if kind == 2 and tr.strategy.world_size > 1:  # seen only after the reduction: the same on every rank
+            what = f"the gradient became non-finite at step {step} on every rank after the all-reduce (finite loss)"
+        else:
+            value = ("training loss", "gradient (before the all-reduce, with a finite loss)",
+                     "gradient (with a finite loss)")[kind]  # fmt: skip
+            what = f"the {value} became non-finite at step {step} on rank {rank} ({where[rank][3]})"
         latest = self.checkpoints.latest() if self.checkpoints else None
         raise NonFiniteLoss(
-            f"the training loss became non-finite at step {step} on rank {rank} ({where[rank][1]}); stopped without "
-            f"saving it. The last good checkpoint is {latest or '(none written)'}. Lower optim.lr, set "
-            "train.grad_clip, use fp32, or look for extreme values in the data"
+            f"{what}; stopped without saving it. The last good checkpoint is {latest or '(none written)'}. Lower "
+            "optim.lr, set train.grad_clip, use fp32, or look for extreme values in the data"
         )
 
     def record(self, lr: float) -> Record:
@@ -422,6 +470,8 @@ class _Window:
             record["tokens_per_s"] = self.timed_targets * tr.strategy.world_size / elapsed if elapsed > 0 else None
         timing = _breakdown(tr.timer)
         record.update(timing)
+        own = _own_times(tr, timing)
+        record["mem_peak_gib"] = own["mem_peak_gib"]
         if tr.flops_per_sample and elapsed > 0:
             work = tr.flops_per_sample * self.timed_samples  # this rank's share of the job
             record["tflops_per_device"] = work / elapsed / 1e12
@@ -430,8 +480,9 @@ class _Window:
             if tr.achievable_tflops:
                 record["mfu_achievable"] = peaks.mfu(work, elapsed, 1, tr.achievable_tflops)
         if tr.sampler is not None or tr.strategy.world_size > 1:  # every rank's times and utilisation
-            ranks = tr.strategy.gather_object(_own_times(tr, timing) | (tr.sampler.window() if tr.sampler else {}))
+            ranks = tr.strategy.gather_object(own | (tr.sampler.window() if tr.sampler else {}))
             record["ranks"] = ranks
+            record["mem_peak_gib"] = max(r["mem_peak_gib"] for r in ranks)
             for key in ("gpu_util", "cpu_percent"):
                 if key in ranks[0]:
                     record[f"{key}_min"] = min(r[key] for r in ranks)
@@ -442,17 +493,18 @@ class _Window:
                 record["straggler_ranks"] = [s["rank"] for s in slow]
                 for s in slow:
                     tr._say(Stragglers.line(s))
+        tr.mem_peak_gib = max(tr.mem_peak_gib, record["mem_peak_gib"])
         self.reset()
         return record
 
 
 def _own_times(tr: Trainer, timing: dict) -> dict:
-    """This rank's times per step; own = the step minus the wait in the gradient all-reduce (see
-    telemetry/stragglers.py)."""
+    """This rank's times per step and its peak memory; own = the step minus the wait in the gradient
+    all-reduce (see telemetry/stragglers.py)."""
     step, comm = timing.get("step_s"), timing.get("comm_s", 0.0)
     own = None if step is None else max(step - comm, 0.0)
     return {"rank": tr.strategy.rank, "host": socket.gethostname(), "step_s": step, "data_s": timing.get("data_s"),
-            "comm_s": timing.get("comm_s"), "own_s": own}  # fmt: skip
+            "comm_s": timing.get("comm_s"), "own_s": own, "mem_peak_gib": memory.peak_gib(tr.device)}  # fmt: skip
 
 
 def _breakdown(timer: StepTimer) -> dict:

@@ -129,9 +129,12 @@ def test_every_rank_in_the_collective_is_said_so():
 
 def test_diagnose_refuses_what_is_not_a_dump_in_one_line(tmp_path, cli):
     (tmp_path / "hang").mkdir()
-    (tmp_path / "hang" / "rank0.json").write_text('{"rank": 0}')
-    proc = cli("diagnose", tmp_path, check=False)
-    assert proc.returncode == 2 and "rank0.json: not a hang dump written by hpc_dl" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    crafted = ['{"rank": 0}', '{"rank": 0, "entries": []}', json.dumps({**_dump(0, [_e(1, 1)]), "members": [{}]}),
+               json.dumps(_dump(0, [{**_e(1, 1), "sizes": 5}])), json.dumps(_dump(0, [{"seq": 1}]))]  # fmt: skip
+    for text in crafted:  # each used to pass read() and fail in analyse() with a traceback
+        (tmp_path / "hang" / "rank0.json").write_text(text)
+        proc = cli("diagnose", tmp_path, check=False)
+        assert proc.returncode == 2 and "rank0.json: not a hang dump written by hpc_dl" in proc.stderr, text
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     empty = cli("diagnose", tmp_path / "nothing", check=False)
     assert empty.returncode == 2 and "no hang dumps" in empty.stderr

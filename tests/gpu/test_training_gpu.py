@@ -109,3 +109,21 @@ def test_compiled_training_matches_eager(tmp_path):
     compiled = _window_losses(tmp_path / "compiled", [*fp32, "train.compile=true"])
     assert eager[-1] < 0.85 * eager[0]
     assert compiled == pytest.approx(eager, rel=5e-3)
+
+
+def test_out_of_memory_is_named_and_leaves_a_snapshot_the_viewer_opens(tmp_path):
+    from hpc_dl.train.trainer import OutOfMemory
+
+    # One 256 GiB activation (65,536 samples x 2^20 hidden units x 4 bytes): more than any GPU has.
+    args = ["data.name=synthetic_tabular", "data.shape=[64]", "data.samples=65536", "data.batch_size=65536",
+            "model.name=mlp", "model.hidden=[1048576]", "train.steps=2", "log.utilisation=false"]  # fmt: skip
+    with pytest.raises(OutOfMemory) as caught:
+        train(config.load(None, [*QUIET, *args]), run_dir=tmp_path / "run")
+    line = str(caught.value)
+    assert line.startswith("out of memory on rank 0 (") and "cuda" in line and "batch 65536 x (64,)" in line
+    snapshot = tmp_path / "run" / "memory" / "rank0_oom.pickle"
+    assert f"allocator snapshot {snapshot}" in line
+    import pickle  # our own file, written by torch.cuda.memory._dump_snapshot just now
+
+    state = pickle.loads(snapshot.read_bytes())
+    assert "segments" in state  # what https://pytorch.org/memory_viz draws

@@ -13,6 +13,7 @@ import pytest
 
 from hpc_dl import checkpoint, config
 from hpc_dl.errors import ConfigError
+from hpc_dl.telemetry import events
 from hpc_dl.train.stop import EXIT_STOPPED
 from tests.conftest import CONFIGS, run_cli
 from tests.distributed.launch import QUIET, free_port
@@ -56,6 +57,13 @@ def test_signal_checkpoints_and_resume_completes_the_run(tmp_path):
     assert summary["steps"] == 4000 and summary["resumed_from"].endswith(f"step_{stopped_at:08d}.pt")
     steps = _steps(out)
     assert steps == sorted(set(steps)) and steps[-1] == 4000  # no step logged twice, none missing at the end
+    # Two segments in events.jsonl: stopped at the signal, then resumed from there and completed.
+    first, second = zip(*[iter(events.read(out))] * 2)
+    assert [e["event"] for e in (*first, *second)] == ["start", "end", "start", "end"]
+    assert (first[0]["step"], first[1]["step"], first[1]["outcome"]) == (0, stopped_at, "stopped")
+    assert "SIGUSR1" in first[1]["message"]
+    assert second[0]["step"] == stopped_at and second[0]["resumed_from"].endswith(f"step_{stopped_at:08d}.pt")
+    assert (second[1]["step"], second[1]["outcome"]) == (4000, "completed")
 
 
 def test_two_ranks_stop_after_the_same_step_when_one_is_signalled(tmp_path):

@@ -17,6 +17,7 @@ from hpc_dl import checkpoint
 from hpc_dl.checkpoint import CheckpointDir
 from hpc_dl.errors import CheckpointError
 from hpc_dl.fileio import DirectoryLock
+from hpc_dl.telemetry import events
 from tests.conftest import run_cli
 
 QUICK = ["log.progress=plain", "log.plots=false", "log.utilisation=false"]
@@ -135,6 +136,8 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good
     state = checkpoint.load(kept.latest())
     assert all(torch.isfinite(t).all() for t in state["model"].values())
     assert not (run / "summary.json").exists()
+    end = events.read(run)[-1]  # the report's failures section reads it
+    assert (end["event"], end["outcome"], end["step"]) == ("end", "failed", step) and "non-finite" in end["message"]
 
 
 def _mount_tmpfs(path, size):
