@@ -318,7 +318,8 @@ class LogConfig:
     sample_interval_s: float = _opt(1.0, "seconds between utilisation samples", gt=0)
     straggler_margin: float = _opt(
         0.25,
-        "name a rank whose own time per step exceeds the median's by this fraction, 3 windows in a row (0: off)",
+        "name a rank whose own time per step exceeds the median's by this fraction, 3 windows in a row, and a "
+        "node or rank this much slower than the others in preflight (0: off)",
         ge=0,
     )
     profile_steps: int = _opt(0, "torch.profiler: trace this many steps into <run>/profile (0: off)", ge=0)

@@ -203,13 +203,16 @@ def _watched(group, timeout_s: float, on_step):
 
 
 def _preflight(cfg: config.Config, strategy) -> dict | None:
-    """The all-reduce check before training; returns what the slowest rank saw, for the summary."""
+    """The all-reduce check and node health before training; returns what the slowest rank saw,
+    the node pairs and the nodes or ranks found slow, for the summary."""
     if strategy.world_size == 1 or not cfg.dist.preflight:
         return None
     report = preflight.run(strategy)
+    margin = cfg.log.straggler_margin  # one idea of "slow" for preflight and the stragglers
     if strategy.is_main:
-        print(preflight.format_report(report), flush=True)
-    return {"busbw_gbs": min(r["busbw_gbs"] for r in report), "transport": report[0]["transport"]}
+        print(preflight.format_report(report, margin), flush=True)
+    return {"busbw_gbs": min(r["busbw_gbs"] for r in report), "transport": report[0]["transport"],
+            "pairs": preflight.node_pairs(report), "outliers": preflight.outliers(report, margin)}  # fmt: skip
 
 
 @dataclass

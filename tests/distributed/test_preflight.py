@@ -7,6 +7,7 @@ import socket
 import pytest
 
 from hpc_dl.distributed import preflight
+from tests.conftest import run_cli
 
 
 def _row(rank, host, transport="IB", ok=True):
@@ -98,3 +99,16 @@ def test_a_failed_collective_quotes_nccls_last_warning(nccl_env, tmp_path):
     note = preflight.nccl_warning_note()
     assert "NCCL's last warning: gpu07:4711:4795 [0] NCCL WARN NET/Socket : peer 10.1.0.8 closed" in note
     assert str(log) in note
+
+
+def test_rows_without_the_health_figures_still_format():
+    """A report of the earlier shape (no matmul, copy or pairs): the same table, no pairs line, nobody named."""
+    lines = preflight.format_report([_row(0, "n1"), _row(1, "n2")]).splitlines()
+    assert len(lines) == 4 and lines[1].split()[-1] == "matmul_tflops" and lines[2].split()[-1] == "None"
+    assert preflight.outliers([_row(0, "n1"), _row(1, "n2")]) == []
+
+
+@pytest.mark.parametrize("margin", ["1", "-0.1", "x"])
+def test_preflight_refuses_a_margin_that_is_not_a_fraction(margin):
+    proc = run_cli("preflight", "--margin", margin, check=False)  # refused before torch is imported
+    assert proc.returncode == 2 and "--margin" in proc.stderr

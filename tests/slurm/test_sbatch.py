@@ -2,12 +2,19 @@
 bound to cores by task/affinity, with task/cgroup where a writable cgroup v1 hierarchy exists and
 without where not, e.g. cgroup v2 without systemd; GPUs as GRES without CUDA)."""
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
+from hpc_dl.telemetry import events
 from tests.conftest import CONFIGS, ROOT
 from tests.slurm.jobs import job_field, sbatch, wait_for, wait_until
 
@@ -35,8 +42,73 @@ def test_two_node_ddp_through_the_template(slurm, tmp_path):
     assert hosts == {"hpcdl-n1", "hpcdl-n2"}  # one rank on each node
     nodes = {n["host"]: n["ranks"] for n in summary["nodes"]}  # the per-node table
     assert sorted(nodes.values()) == [[0], [1]] and set(nodes) == hosts
+    (pair,) = summary["preflight"]["pairs"]  # node health: the one node pair's all-reduce was timed
+    assert set(pair["nodes"]) == hosts and sorted(pair["ranks"]) == [0, 1] and pair["busbw_gbs"] > 0
+    assert not [o for o in summary["preflight"]["outliers"] if o["figure"] == "link_gbs"]  # one pair blames no node
+    (start, end) = events.read(run_dir)
+    assert start["hosts"] == sorted(hosts) and start["job_id"] == job and end["outcome"] == "completed"
     text = log.read_text()
     assert f"rendezvous hpcdl-n1:{20000 + int(job) % 20000}" in text and "training finished with status 0" in text
+    assert "matmul_tflops" in text and "node pairs (an all-reduce between each node's lowest ranks" in text
+
+
+def _worker_on(node: str, job: str) -> tuple[int, int]:
+    """(pid, rank) of the training process the job runs on ``node`` (torchrun's worker: it has RANK)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            env = dict(e.split("=", 1) for e in (proc / "environ").read_text().split("\0") if "=" in e)
+        except (OSError, ValueError):
+            continue
+        ours = env.get("SLURM_JOB_ID") == job and env.get("SLURMD_NODENAME") == node
+        if ours and "RANK" in env and "TORCHELASTIC_RUN_ID" in env and b"hpc_dl" in (proc / "cmdline").read_bytes():
+            return int(proc.name), int(env["RANK"])
+    raise AssertionError(f"no training process of job {job} on {node}")
+
+
+def test_a_node_made_slow_is_named_as_a_straggler_and_in_the_report(slurm, tmp_path):
+    job = sbatch("--nodes=2", *SMALL, TEMPLATE, *MLP, "train.steps=2000", "log.every=40", f"log.dir={tmp_path}/runs",
+                 cwd=tmp_path, env={"PROJECT": str(ROOT)})  # fmt: skip
+    log = tmp_path / f"slurm-hpc_dl-{job}.out"
+    run_dir = tmp_path / "runs" / f"breast_cancer-mlp-job{job}"
+    wait_until(lambda: (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").stat().st_size, 240,
+               "the first log window")  # fmt: skip
+    pid, rank = _worker_on("hpcdl-n2", job)
+    done = threading.Event()
+
+    def slow_down():  # the rank on hpcdl-n2 runs half the time, as on a node with a failing fan
+        while not done.is_set():
+            try:
+                os.kill(pid, signal.SIGSTOP)
+                time.sleep(0.04)
+                os.kill(pid, signal.SIGCONT)
+                time.sleep(0.04)
+            except ProcessLookupError:
+                return
+
+    stopper = threading.Thread(target=slow_down)
+    stopper.start()
+    try:
+        state = wait_for(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=400, log=log)
+    finally:
+        done.set()
+        stopper.join()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    assert state == "COMPLETED", log.read_text()[-3000:]
+    text = log.read_text()
+    assert f"straggler: rank {rank} (hpcdl-n2)" in text and "sbatch --exclude=hpcdl-n2" in text, text[-3000:]
+    assert f"straggler: rank {1 - rank}" not in text
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [(s["rank"], s["host"]) for s in summary["stragglers"]] == [(rank, "hpcdl-n2")]
+    nodes = {n["host"]: n for n in summary["nodes"]}  # the per-node table shows the node
+    assert nodes["hpcdl-n2"]["straggler_windows"] >= 1 and nodes["hpcdl-n1"]["straggler_windows"] == 0
+    assert nodes["hpcdl-n2"]["own_s"] > nodes["hpcdl-n1"]["own_s"]
+    page = subprocess.run([sys.executable, "-m", "hpc_dl", "report", str(run_dir)], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert page.returncode == 0, page.stderr
+    html = (run_dir / "report.html").read_text()
+    stragglers = html.split('id="stragglers"')[1].split("</section>")[0]
+    assert "hpcdl-n2" in stragglers and "hpcdl-n1" not in stragglers
 
 
 def test_site_like_job_binds_cpus_counts_gres_and_uses_the_infiniband_name(slurm, tmp_path):
