@@ -3,7 +3,7 @@
 import shutil
 from pathlib import Path
 
-from hpc_dl.cli.common import CLASSES_HELP, add_config_args, named_failures
+from hpc_dl.cli.common import CLASSES_HELP, add_config_args, ddp_job
 from hpc_dl.errors import JobError, UserError
 
 
@@ -103,9 +103,7 @@ def cmd_bench_gemm(args) -> int:
 
 
 def cmd_bench_allreduce(args) -> int:
-    from hpc_dl import config
     from hpc_dl.bench import collectives
-    from hpc_dl.distributed import strategy
     from hpc_dl.fileio import write_json
 
     ops = args.ops.split(",")
@@ -118,21 +116,8 @@ def cmd_bench_allreduce(args) -> int:
         raise UserError(f"--min-bytes/--max-bytes: {e}") from None
     if low > high:
         raise UserError(f"--min-bytes {args.min_bytes} is larger than --max-bytes {args.max_bytes}")
-    cfg = config.load(
-        None,
-        [
-            "dist.strategy=ddp",
-            f"dist.timeout_s={args.timeout}",
-            f"dist.startup_timeout_s={args.timeout}",
-            f"train.device={args.device}",
-        ],
-    )
-    s = strategy.build(cfg)
-    try:
-        with named_failures(s.group):
-            report = collectives.run(s, ops, low, high, args.dtype, args.iters, args.repeats, args.warmup)
-    finally:
-        s.close()
+    with ddp_job(args.timeout, args.device) as s:
+        report = collectives.run(s, ops, low, high, args.dtype, args.iters, args.repeats, args.warmup)
     if not s.is_main:
         return 0
     print(collectives.format_table(report))

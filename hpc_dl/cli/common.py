@@ -15,9 +15,19 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def named_failures(group):
-    """hpc_dl.distributed.process_group.named_failures, imported (with torch) only when used."""
-    from hpc_dl.distributed.process_group import named_failures as names
+def ddp_job(timeout_s: float, device: str):
+    """The process group of a command run under torchrun or srun (preflight, bench allreduce): the
+    time-out covers the check-in and every collective, a failure names the missing ranks, and the
+    group is closed on the way out."""
+    from hpc_dl import config
+    from hpc_dl.distributed import strategy
+    from hpc_dl.distributed.process_group import named_failures
 
-    with names(group):
-        yield
+    overrides = ["dist.strategy=ddp", f"dist.timeout_s={timeout_s}", f"dist.startup_timeout_s={timeout_s}",
+                 f"train.device={device}"]  # fmt: skip
+    s = strategy.build(config.load(None, overrides))  # check-in: a missing rank fails here, named
+    try:
+        with named_failures(s.group):
+            yield s
+    finally:
+        s.close()

@@ -3,7 +3,7 @@ matmul rate, host-to-device copy (GPUs) and links are compared with the other no
 
 import argparse
 
-from hpc_dl.cli.common import named_failures
+from hpc_dl.cli.common import ddp_job
 
 
 def _fraction(text: str) -> float:
@@ -36,26 +36,12 @@ def add(sub) -> None:
 
 
 def cmd_preflight(args) -> int:
-    from hpc_dl import config
-    from hpc_dl.distributed import preflight, strategy
+    from hpc_dl.distributed import preflight
 
-    cfg = config.load(
-        None,
-        [
-            "dist.strategy=ddp",
-            f"dist.timeout_s={args.timeout}",
-            f"dist.startup_timeout_s={args.timeout}",
-            f"train.device={args.device}",
-        ],
-    )
-    s = strategy.build(cfg)  # check-in: a missing rank fails here, named
-    try:
-        with named_failures(s.group):
-            report = preflight.run(s, megabytes=args.megabytes,
-                                   matmul_seconds=args.matmul_seconds or preflight.MATMUL_SECONDS)  # fmt: skip
+    with ddp_job(args.timeout, args.device) as s:
+        report = preflight.run(s, megabytes=args.megabytes,
+                               matmul_seconds=args.matmul_seconds or preflight.MATMUL_SECONDS)  # fmt: skip
         if s.is_main:
             margin = preflight.MARGIN if args.margin is None else args.margin
             print(preflight.format_report(report, margin))  # outliers warn: a slow node still trains
-    finally:
-        s.close()
     return 0
