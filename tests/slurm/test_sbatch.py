@@ -131,6 +131,40 @@ def test_site_like_job_binds_cpus_counts_gres_and_uses_the_infiniband_name(slurm
     assert json.loads((run_dir / "env.json").read_text())["env"]["NCCL_SOCKET_IFNAME"] == "ib0"  # from the site file
 
 
+def test_a_rank_stopped_on_another_node_is_named_and_diagnose_agrees(slurm, tmp_path):
+    """The hang across nodes: the rank on hpcdl-n2 is stopped (SIGSTOP) mid-run, out of reach of the
+    survivor on hpcdl-n1, which names it with its host and the collective after dist.timeout_s; the
+    job ends when Slurm tears the step down; the dumps left in RUN_DIR/hang say the same afterwards."""
+    job = sbatch("--nodes=2", *SMALL, TEMPLATE, *MLP, "train.steps=100000", "log.every=5", "dist.timeout_s=15",
+                 "dist.preflight=false", f"log.dir={tmp_path}/runs", cwd=tmp_path,
+                 env={"PROJECT": str(ROOT)})  # fmt: skip
+    log = tmp_path / f"slurm-hpc_dl-{job}.out"
+    run_dir = tmp_path / "runs" / f"breast_cancer-mlp-job{job}"
+    wait_until(lambda: (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").stat().st_size, 240,
+               "the first log window")  # fmt: skip
+    pid, rank = _worker_on("hpcdl-n2", job)
+    stopped_at = time.monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        state = wait_for(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=240, log=log)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    took = time.monotonic() - stopped_at
+    text = log.read_text()
+    print(f"the job ended {took:.0f} s after the stop ({state})")
+    assert state == "FAILED", text[-3000:]
+    assert f"rank {rank} (hpcdl-n2) failed or stopped responding" in text, text[-3000:]
+    assert "during training (dist.timeout_s = 15 s)" in text
+    assert f"rank {rank} (hpcdl-n2) left no trace" in text and "stopped at all_reduce #" in text
+    diagnosis = subprocess.run([sys.executable, "-m", "hpc_dl", "diagnose", str(run_dir)], capture_output=True,
+                               text=True, timeout=60)  # fmt: skip
+    assert diagnosis.returncode == 0 and f"rank {rank} (hpcdl-n2) left no trace" in diagnosis.stdout
+    assert f"rank {1 - rank} (hpcdl-n1)" in diagnosis.stdout.split(";")[0]  # the survivor waits at that collective
+    end = events.read(run_dir)[-1]
+    assert end["outcome"] == "failed" and f"rank {rank} (hpcdl-n2)" in end["message"]
+
+
 def test_preempted_job_checkpoints_requeues_and_finishes(slurm, tmp_path):
     env = {"PROJECT": str(ROOT), "WANDB_MODE": "offline"}
     job = sbatch("--nodes=2", *SMALL, TEMPLATE, *MLP, "train.steps=3000", "log.every=25", f"log.dir={tmp_path}/runs",
