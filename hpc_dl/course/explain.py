@@ -8,8 +8,13 @@ Files: shap.json and shap_values.csv (every value), beeswarm_<class>.png, bar_<c
 
 Images: GradientExplainer (expected gradients; works with torchvision's ResNets, which
 DeepExplainer does not) on the model's logits for each image's top-k classes; the values sum
-to the logit minus its mean over the background only approximately. Files: images.png (each
-test image and its per-class overlays), shap_values.npz (the raw values), shap.json.
+to the logit minus its mean over the background only approximately. A binary model has one
+logit, that of its second class (the log-odds of it against the first): that one is explained.
+Files: images.png (each test image and its per-class overlays), shap_values.npz (the raw
+values), shap.json.
+
+``chosen`` (``--class``) explains one class only: its probability (tables) or its logit
+(images; for a binary model's first class, the negated logit).
 """
 
 import json
@@ -18,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import shap
 import torch
+from torch import nn
 
 from hpc_dl import config
 from hpc_dl.course import export
@@ -34,17 +40,23 @@ def _pick(n_total: int, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n_total, min(n, n_total), replace=False))
 
 
-def explain(run_dir, samples=100, background=100, method="permutation", images=4, top_k=3, seed=0) -> list[Path]:
+def explain(run_dir, samples=100, background=100, method="permutation", images=4, top_k=3, seed=0,
+            chosen=None, say=print) -> list[Path]:  # fmt: skip
     """Explain the run's model on test samples; returns the files written."""
     predictor, meta, splits = export.build(run_dir)
+    classes = meta["classes"]
+    if chosen is not None and chosen not in classes:
+        raise UserError(f"--class {chosen}: not a class of this model ({', '.join(classes[:20])})")
     out = Path(run_dir) / "explain"
     out.mkdir(exist_ok=True)
     if meta["inputs"]["kind"] == "table":
-        return _tables(predictor, meta, splits, out, samples, background, method, seed)
-    return _images(predictor.model, meta, splits, out, images, background, top_k, seed)
+        return _tables(predictor, meta, splits, out, samples, background, method, seed, chosen)
+    if predictor.binary and chosen is None:
+        say(f"a binary model (one logit): explains the logit of class {classes[1]} (its log-odds against {classes[0]})")
+    return _images(predictor.model, predictor.binary, meta, splits, out, images, background, top_k, seed, chosen)
 
 
-def _tables(predictor, meta, splits, out: Path, samples, background, method, seed) -> list[Path]:
+def _tables(predictor, meta, splits, out: Path, samples, background, method, seed, chosen) -> list[Path]:
     ins = meta["inputs"]
     names = ins["numeric"] + [f"{c}={v}" for c, vals in ins["categorical"].items() for v in vals]
 
@@ -54,7 +66,10 @@ def _tables(predictor, meta, splits, out: Path, samples, background, method, see
 
     bg, x = raw(splits.train, background, seed), raw(splits.test, samples, seed + 1)
     classes = meta["classes"]
-    outputs = [1] if len(classes) == 2 else list(range(len(classes)))  # binary: P(second class) says it all
+    if chosen is not None:
+        outputs = [classes.index(chosen)]
+    else:  # of two classes, P(second class) says it all
+        outputs = [1] if len(classes) == 2 else list(range(len(classes)))
 
     def f(a):
         with torch.no_grad():
@@ -100,38 +115,58 @@ def _tables(predictor, meta, splits, out: Path, samples, background, method, see
     return files
 
 
-def _images(model, meta, splits, out: Path, n_images, background, top_k, seed) -> list[Path]:
-    bg = _stack(splits.train, _pick(len(splits.train), background, seed))
-    picked = _pick(len(splits.test), n_images, seed + 1)
-    x = _stack(splits.test, picked)
-    labels = [int(splits.test[int(i)][1]) for i in picked]
-    k = min(top_k, len(meta["classes"]))
-    explainer = shap.GradientExplainer(model, bg)
-    values, ranked = explainer.shap_values(x, ranked_outputs=k, nsamples=200, rseed=seed)
-    values, ranked = np.asarray(values), np.asarray(ranked)  # (N, C, H, W, k), (N, k)
-    with torch.no_grad():
-        logits = model(x).float().numpy()
-        base = model(bg).float().mean(0).numpy()
+class _Logit(nn.Module):
+    """One class's logit: a column of the model's, or for a binary model its one logit, negated
+    for the first class (log-odds of the first class against the second)."""
 
+    def __init__(self, model: nn.Module, binary: bool, c: int):
+        super().__init__()
+        self.model, self.column, self.sign = model, 0 if binary else c, -1.0 if binary and c == 0 else 1.0
+
+    def forward(self, x):
+        return self.sign * self.model(x)[:, self.column : self.column + 1]
+
+
+def _images(model, binary, meta, splits, out: Path, n_images, background, top_k, seed, chosen) -> list[Path]:
+    # as evaluation sees them: not augmented (the background would change from run to run), and
+    # normalised when the device augments (the splits hand out bytes)
+    prepare = splits.batch_transform or (lambda x, train: x)
+    train = export.unaugmented_train(splits)
+    bg = prepare(_stack(train, _pick(len(train), background, seed)), False)
+    picked = _pick(len(splits.test), n_images, seed + 1)
+    x = prepare(_stack(splits.test, picked), False)
+    labels = [int(splits.test[int(i)][1]) for i in picked]
     classes = meta["classes"]
-    names = np.array([[f"{classes[c]}\n{torch.softmax(torch.from_numpy(lg), 0)[c]:.2f}" for c in row]
-                      for row, lg in zip(ranked, logits)])  # fmt: skip
+    one = classes.index(chosen) if chosen is not None else 1 if binary else None  # the one class explained
+    net = model if one is None else _Logit(model, binary, one)
+    k = 1 if one is not None else min(top_k, len(classes))
+    explainer = shap.GradientExplainer(net, bg)
+    values, ranked = explainer.shap_values(x, ranked_outputs=k, nsamples=200, rseed=seed)
+    values, ranked = np.asarray(values), np.asarray(ranked)  # (N, C, H, W, k), (N, k): outputs of net
+    with torch.no_grad():
+        outputs, base = net(x).float().numpy(), net(bg).float().mean(0).numpy()
+        probs = export.probabilities(model(x).float(), binary).numpy()
+    explained = ranked if one is None else np.full_like(ranked, one)  # the class of each explained output
+
+    names = np.array([[f"{classes[c]}\n{p[c]:.2f}" for c in row] for row, p in zip(explained, probs)])
     pixels = x.numpy()
     lo, hi = pixels.min(axis=(1, 2, 3), keepdims=True), pixels.max(axis=(1, 2, 3), keepdims=True)
     shown = ((pixels - lo) / np.maximum(hi - lo, 1e-12)).transpose(0, 2, 3, 1)  # normalised -> [0, 1] for display
     shap.image_plot([values[..., j].transpose(0, 2, 3, 1) for j in range(k)], shown, names, show=False)
     fig = plt.gcf()
-    fig.suptitle(f"SHAP (expected gradients) for the top {k} classes; true: {', '.join(classes[y] for y in labels)}")
+    what = f"the top {k} classes" if one is None else f"the logit of class {classes[one]}"
+    fig.suptitle(f"SHAP (expected gradients) for {what}; true: {', '.join(classes[y] for y in labels)}")
     files = [out / "images.png", out / "shap_values.npz", out / "shap.json"]
     fig.savefig(files[0], dpi=110, bbox_inches="tight")
     plt.close(fig)
-    np.savez_compressed(files[1], values=values, classes=ranked, images=pixels, labels=np.array(labels),
+    np.savez_compressed(files[1], values=values, classes=explained, images=pixels, labels=np.array(labels),
                         test_indices=picked)  # fmt: skip
     write_json(files[2], {
-        "method": "gradient", "model": meta["model"], "data": meta["data"], "output": "logit",
+        "method": "gradient", "model": meta["model"], "data": meta["data"],
+        "output": "logit" if one is None else f"logit of class {classes[one]}",
         "test_indices": picked.tolist(), "labels": [classes[y] for y in labels],
-        "explained_classes": [[classes[c] for c in row] for row in ranked], "background_images": len(bg),
-        "logits": np.take_along_axis(logits, ranked, 1).tolist(), "background_mean_logits": base[ranked].tolist(),
+        "explained_classes": [[classes[c] for c in row] for row in explained], "background_images": len(bg),
+        "logits": np.take_along_axis(outputs, ranked, 1).tolist(), "background_mean_logits": base[ranked].tolist(),
         "value_sums": values.sum(axis=(1, 2, 3)).tolist(),
     })  # fmt: skip
     return files

@@ -3,7 +3,8 @@
   model.pt2       torch.export program: raw input -> class probabilities, with the run's
                   preprocessing inside the graph (scaler statistics, resizing, normalisation)
   model.onnx      the same graph for ONNX runtimes, when torch's ONNX exporter (onnxscript) is installed
-  predictor.json  what the input is (feature columns, image size), class names, where it came from
+  predictor.json  what the input is (feature columns, image size), class names, where it came from;
+                  for images, intensity statistics of the training images (predict warns about unlike input)
 
 Raw input means what a user has: table rows in the original units, or images as floats
 in [0, 1] at the data set's own size (decoding and resizing image files happens before
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpc_dl import __version__
+from hpc_dl.data.spec import Transformed
 from hpc_dl.errors import UserError
 from hpc_dl.fileio import write_json
 from hpc_dl.train.weights import load_run
@@ -49,11 +51,15 @@ class Predictor(nn.Module):
             if self.repeat > 1:  # grey repeated to the channels the model was built for
                 x = x.repeat(1, self.repeat, 1, 1)
             x = (x - self.mean) / self.std
-        logits = self.model(x).float()
-        if self.binary:
-            p = torch.sigmoid(logits)
-            return torch.cat([1 - p, p], dim=-1)
-        return logits.softmax(-1)
+        return probabilities(self.model(x).float(), self.binary)
+
+
+def probabilities(logits: torch.Tensor, binary: bool) -> torch.Tensor:
+    """Class probabilities from the model's logits; a binary model has one logit, that of the second class."""
+    if binary:
+        p = torch.sigmoid(logits)
+        return torch.cat([1 - p, p], dim=-1)
+    return logits.softmax(-1)
 
 
 def describe(cfg, spec) -> tuple[dict, dict]:
@@ -107,9 +113,40 @@ def example(meta: dict, n: int = 2) -> torch.Tensor:
     return torch.rand(n, ins["channels"], ins["size"], ins["size"])
 
 
+def intensities(images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per image (N x C x H x W, 0 black, 1 white), in grey: mean, border (the mean of the outermost
+    pixels: the background of a centred subject), min and max."""
+    grey = images.float().mean(1)
+    border = torch.cat([grey[:, 0], grey[:, -1], grey[:, 1:-1, 0], grey[:, 1:-1, -1]], 1)
+    return {"mean": grey.mean((1, 2)), "border": border.mean(1), "min": grey.amin((1, 2)), "max": grey.amax((1, 2))}
+
+
+def unaugmented_train(splits):
+    """The training split as evaluation sees it: without random crops, flips or jitter."""
+    train, val = splits.train, splits.val
+    if isinstance(train, Transformed) and isinstance(val, Transformed):
+        return Transformed(train.dataset, val.transform)
+    return train  # tensors, or augmented by the device on whole batches
+
+
+def training_images(predictor: Predictor, splits, n: int = 256) -> dict:
+    """Intensity statistics of up to n training images as raw input, for predict to warn about an
+    input unlike them (inverted, or low contrast): the means of the images' mean and border, the
+    medians of their min and max, and min_span, the 5th percentile of max - min."""
+    train = unaugmented_train(splits)  # augmented, padded crops would add black borders
+    picked = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n]
+    x = torch.stack([train[int(i)][0] for i in picked])
+    # bytes when the device augments (the loader hands them out), else normalised floats
+    x = x / 255 if x.dtype == torch.uint8 else x * predictor.std + predictor.mean
+    s = intensities(x)
+    stats = {"mean": s["mean"].mean(), "border_mean": s["border"].mean(), "low": s["min"].median(),
+             "high": s["max"].median(), "min_span": (s["max"] - s["min"]).quantile(0.05)}  # fmt: skip
+    return {"images": len(x), **{k: round(float(v), 4) for k, v in stats.items()}}
+
+
 def export(run_dir, onnx: bool = True) -> list[Path]:
     """Write the run's inference artefacts; returns the files written."""
-    predictor, meta, _ = build(run_dir)
+    predictor, meta, splits = build(run_dir)
     out = Path(run_dir) / "export"
     out.mkdir(exist_ok=True)
     x = example(meta)
@@ -125,6 +162,8 @@ def export(run_dir, onnx: bool = True) -> list[Path]:
                               output_names=["probabilities"]).save(out / ONNX)  # fmt: skip
         written.append(out / ONNX)
         meta["files"]["onnx"] = ONNX
+    if meta["inputs"]["kind"] == "image":
+        meta["training_images"] = training_images(predictor, splits)
     write_json(out / META, meta)
     return [*written, out / META]
 

@@ -6,6 +6,10 @@ probabilities), rebuilt from the run's config.yaml and its weights read with
 is never loaded: ``torch.export.load`` unpickles parts of the archive with ``weights_only=False``,
 so a planted or tampered file would run code here. The export is still written (first, when
 missing or older than the run's weights) for other programs.
+
+An image unlike the training images (inverted, or of little contrast) gets a warning: the model
+answers confidently on such input, and wrongly. predictor.json holds the training images'
+statistics; an export written before it did gives no warnings.
 """
 
 import json
@@ -20,21 +24,31 @@ from hpc_dl.data.tabular import MISSING, number, read_csv
 from hpc_dl.errors import UserError, first_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+STATISTICS = ("mean", "border_mean", "low", "high", "min_span")  # export.training_images
 
 
 def load(run_dir) -> tuple[torch.nn.Module, dict]:
-    """The run's Predictor and its description; the export (predictor.json, model.pt2) is written
-    first when missing or older than the run's latest weights (a resumed run)."""
+    """The run's Predictor and its description, with the training images' statistics when the
+    export has them; the export (predictor.json, model.pt2) is written first when missing or older
+    than the run's latest weights (a resumed run)."""
     predictor, meta, _ = export.build(run_dir)
-    folder = Path(run_dir) / "export"
-    try:
-        saved = json.loads((folder / export.META).read_text())
-    except (OSError, ValueError):  # missing or not JSON: written anew
-        saved = None
+    path = Path(run_dir) / "export" / export.META
+    saved = _read_json(path)
     fresh = isinstance(saved, dict) and saved.get("weights") == meta["weights"]
-    if not fresh or not (folder / export.PROGRAM).is_file():
+    if not fresh or not path.with_name(export.PROGRAM).is_file():
         export.export(run_dir, onnx=False)
+        saved = _read_json(path)
+    stats = saved.get("training_images") if isinstance(saved, dict) else None
+    usable = isinstance(stats, dict) and all(isinstance(stats.get(k), (int, float)) for k in STATISTICS)
+    meta["training_images"] = stats if usable else None
     return predictor, meta
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # missing or not JSON: written anew
+        return None
 
 
 def read_table(path: Path, inputs: dict) -> tuple[torch.Tensor, list[str]]:
@@ -105,8 +119,42 @@ def read(paths: list[str], inputs: dict) -> tuple[torch.Tensor, list[str]]:
     return torch.cat(batches), names
 
 
+def unlike_training(x: torch.Tensor, names: list[str], stats: dict | None) -> list[list[str]]:
+    """For each image (floats in [0, 1]), what makes it unlike the training images (without stats: nothing)."""
+    if stats is None:
+        return [[] for _ in names]
+    s = export.intensities(x)
+    found = []
+    for i, name in enumerate(names):
+        lines = []
+        if _inverted(stats, float(s["mean"][i]), float(s["border"][i])):
+            theirs, ours = "light strokes on a dark background", "dark strokes on a light background"
+            if stats["border_mean"] > stats["mean"]:
+                theirs, ours = ours, theirs
+            lines.append(f"{name} looks inverted ({ours}; the model was trained on {theirs}): "
+                         "predictions are unreliable; invert it")  # fmt: skip
+        lo, hi = float(s["min"][i]), float(s["max"][i])
+        if hi - lo < stats["min_span"] / 2:  # e.g. digits saved with their 0..16 values: nearly black
+            lines.append(f"{name} has intensities from {lo:.2f} to {hi:.2f} (0 black, 1 white); the model was "
+                         f"trained on images from {stats['low']:.2f} to {stats['high']:.2f}: predictions are "
+                         "unreliable; stretch its contrast to that range")  # fmt: skip
+        found.append(lines)
+    return found
+
+
+def _inverted(stats: dict, mean: float, border: float) -> bool:
+    """The training images' background (their border) is clearly darker than their mean, or lighter;
+    the image's border is the other way round, against its own mean and the training images'.
+    Training images without a consistent background (photos) make nothing inverted."""
+    side = stats["mean"] - stats["border_mean"]
+    if abs(side) < 0.05:
+        return False
+    return side * (mean - border) < 0 and side * (stats["mean"] - border) < 0
+
+
 def predict(run_dir, paths: list[str], top_k: int = 3) -> list[dict]:
-    """For each row or image: its name and the top-k (class, probability) pairs."""
+    """For each row or image: its name, the top-k (class, probability) pairs and the warnings
+    about it (an image unlike the training images)."""
     predictor, meta = load(run_dir)
     if not paths:
         raise UserError("give at least one CSV file or image file")
@@ -116,7 +164,10 @@ def predict(run_dir, paths: list[str], top_k: int = 3) -> list[dict]:
     k = min(top_k, probs.shape[1])
     top = probs.topk(k, dim=1)
     classes = meta["classes"]
+    image = meta["inputs"]["kind"] == "image"
+    warnings = unlike_training(x, names, meta["training_images"]) if image else [[] for _ in names]
     return [
-        {"input": name, "top": [[classes[i], round(float(p), 6)] for p, i in zip(ps.tolist(), ix.tolist())]}
-        for name, ps, ix in zip(names, top.values, top.indices)
-    ]
+        {"input": name, "top": [[classes[i], round(float(p), 6)] for p, i in zip(ps.tolist(), ix.tolist())],
+         "warnings": w}
+        for name, ps, ix, w in zip(names, top.values, top.indices, warnings)
+    ]  # fmt: skip
