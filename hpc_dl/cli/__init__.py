@@ -114,8 +114,23 @@ def _say(message: str) -> None:
     sys.stderr.flush()
 
 
+NUMBERS = re.compile(r"-[\d.][\d.e+-]*(,-?[\d.][\d.e+-]*)+")  # -1,0.01: argparse takes it for an option
+
+
+def _negative_values(argv: list[str]) -> list[str]:
+    """``--start -1,0.01`` as ``--start=-1,0.01``: argparse reads a token that starts with '-' as an
+    option unless it is one plain negative number."""
+    out = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and NUMBERS.fullmatch(token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = _negative_values(sys.argv[1:] if argv is None else argv)
     p = parser()
     args, leftovers = p.parse_known_args(argv)
     if not args.command:  # `hpc-dl` alone: show what it can do

@@ -16,8 +16,9 @@ def add(sub) -> None:
     g.add_argument("--function", choices=["quadratic", "rosenbrock", "saddle"], default="rosenbrock")
     g.add_argument("--optimizers", default="sgd,momentum,adam", help="NAME or NAME@LR, comma-separated: "
                    "sgd, momentum, nesterov, adam, adamw")  # fmt: skip
-    g.add_argument("--lr", type=float, default=1e-3, help="learning rate where NAME@LR does not give one")
-    g.add_argument("--start", help="x,y (default: the surface's own)")
+    g.add_argument("--lr", type=float, help="learning rate where NAME@LR does not give one (default: each "
+                   "optimizer's best on that surface)")  # fmt: skip
+    g.add_argument("--start", help="x,y (default: the surface's own), e.g. --start -1,0.01")
     g.add_argument("--steps", type=int, default=2000)
     g.add_argument("--out", default=".", help="folder for gd_<function>.png and .json (default: here)")
     g.set_defaults(func=cmd_demo_gd)
@@ -34,7 +35,7 @@ def cmd_demo_gd(args) -> int:
         raise UserError(f"--start {args.start}: two numbers, x,y (e.g. -1.5,2)") from None
     if len(start) != 2:
         raise UserError(f"--start {args.start}: two numbers, x,y (e.g. -1.5,2)")
-    specs = [gd.parse_optimizer(o, args.lr) for o in args.optimizers.split(",")]
+    specs = [gd.parse_optimizer(o, args.lr, surface.name) for o in args.optimizers.split(",")]
     runs = [gd.descend(surface, name, lr, start, args.steps) for name, lr in specs]
     target = "saddle point" if surface.name == "saddle" else "minimum"
     print(f"{surface.name} from {start}, {args.steps} steps; {target} at {surface.minimum}")

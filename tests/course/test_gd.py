@@ -51,3 +51,36 @@ def test_demo_command_prints_and_plots(cli, tmp_path):
     assert bad.returncode == 2 and "lbfgs" in bad.stderr and "Traceback" not in bad.stderr
     bad = cli("demo", "gd", "--start=1", check=False)
     assert bad.returncode == 2 and "--start" in bad.stderr
+
+
+@pytest.mark.parametrize("surface", list(gd.SURFACES))
+def test_without_a_rate_each_optimizer_runs_at_its_best_on_the_surface(surface):
+    """The default rates let each optimizer converge (plain SGD on Rosenbrock's valley is slow by
+    nature); on Rosenbrock Adam no longer looks worst, as it did at SGD's 0.001."""
+    s = gd.SURFACES[surface]
+    runs = {name: gd.descend(s, *gd.parse_optimizer(name, None, surface), s.start, 2000) for name in gd.OPTIMIZERS}
+    assert not any(r["diverged"] for r in runs.values())
+    low = -0.25 if surface == "saddle" else 0.0  # the saddle's minima are at (0, +-1)
+    slow = {"sgd"} if surface == "rosenbrock" else set()
+    assert all(r["loss"] - low < 1e-3 for name, r in runs.items() if name not in slow), runs
+    if surface == "rosenbrock":
+        assert runs["adam"]["distance_to_minimum"] < runs["sgd"]["distance_to_minimum"] / 10
+        assert gd.descend(s, "adam", 1e-3, s.start, 2000)["distance_to_minimum"] > 0.5  # what it looked like
+
+
+def test_the_plot_has_axes_a_colour_bar_and_marks_a_diverged_path():
+    runs = [gd.descend(ROSENBROCK, "sgd", 0.01, ROSENBROCK.start, 100), gd.descend(ROSENBROCK, "adam", 0.5,
+            ROSENBROCK.start, 100)]  # fmt: skip
+    fig = gd.figure(ROSENBROCK, runs)
+    ax, bar = fig.axes
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("x", "y") and bar.get_ylabel().startswith("loss f(x, y) = ")
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels[0].startswith("sgd lr=0.01 (diverged at step ") and labels[1] == "adam lr=0.5"
+    crosses = [line for line in ax.get_lines() if line.get_marker() == "x"]
+    assert len(crosses) == 1 and crosses[0].get_color() == ax.get_lines()[0].get_color()
+
+
+def test_a_negative_start_is_accepted_as_typed(cli, tmp_path):
+    proc = cli("demo", "gd", "--function", "saddle", "--start", "-1,0.01", "--steps", "50", "--out", tmp_path)
+    assert "saddle from (-1.0, 0.01)" in proc.stdout
+    assert json.loads((tmp_path / "gd_saddle.json").read_text())["runs"][0]["start"] == [-1.0, 0.01]
