@@ -165,3 +165,27 @@ def test_live_bar_fits_80_columns_and_no_note_freezes_it(tmp_path):
     visible = [[seg for seg in line.split("\r") if seg.strip()][-1:] for line in out.split("\n")]  # after the \r
     frozen = [v for v in visible if v and v[0].strip().startswith("0%|")]
     assert not frozen, frozen
+
+
+@pytest.mark.parametrize("low", [1.7, 0.004])  # within one decade, and over three
+def test_curves_name_the_run_the_test_point_and_give_the_loss_readable_ticks_in_nats(low):
+    from hpc_dl.telemetry.plots import curve_figure, plt
+
+    train = [{"split": "train", "step": s, "loss": 2.3 * (low / 2.3) ** (s / 100), "accuracy": s / 100}
+             for s in range(10, 101, 10)]  # fmt: skip
+    records = [*train, {"split": "val", "step": 100, "loss": low * 1.1, "accuracy": 0.9},
+               {"split": "test", "step": 100, "loss": low * 1.2, "accuracy": 0.88}]  # fmt: skip
+    fig = curve_figure(records, "loss", "digits-cnn-20261202")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert ax.get_title() == f"digits-cnn-20261202 (test loss {low * 1.2:.4g} at step 100)"
+    assert ax.get_ylabel() == "loss (cross-entropy, nats)" and ax.get_yscale() == "log"
+    assert f"test {low * 1.2:.4g}" in ax.get_legend_handles_labels()[1]
+    bottom, top = ax.get_ylim()
+    shown = [(t.get_position()[1], t.get_text()) for t in ax.get_yticklabels() + ax.get_yticklabels(minor=True)]
+    shown = [(y, text) for y, text in shown if text and bottom <= y <= top]
+    assert len(shown) >= 2 and all(float(text) == pytest.approx(y) for y, text in shown), shown  # 0.1, 2: not 10^-1
+    plt.close(fig)
+    accuracy = curve_figure(records, "accuracy", "digits-cnn-20261202")
+    assert accuracy.axes[0].get_title().endswith("(test accuracy 0.88 at step 100)")
+    plt.close(accuracy)
