@@ -49,7 +49,11 @@ def test_stopped_rank_is_named_with_its_host_and_collective(tmp_path, cli, nproc
     assert named in err and "during training (dist.timeout_s = 15 s)" in err, err
     assert f"killed rank {victim_rank} (PID {victim}) on this host" in err, err
     assert took < 15 + 5 + 15, f"the job ended {took:.0f} s after the stop (dist.timeout_s = 15)"
-    pattern = r"stopped at (all_reduce #\d+ on process group \S+ \([^)]*\)), the last collective of (ranks? [^;]*);"
+    # the collective the stop caught: the gradient all-reduce, or a log window's gather of the ranks' times
+    pattern = (
+        r"stopped at ((?:all_reduce|all_gather|broadcast) #\d+ on process group \S+ \([^)]*\)), "
+        r"the last collective of (ranks? [^;]*);"
+    )
     lines = [ln for ln in err.splitlines() if "failed or stopped responding" in ln]
     found = [re.search(pattern, ln) for ln in lines]
     assert lines and all(found), err  # every survivor's line has the analysis
