@@ -60,7 +60,7 @@ def size_on_disk(path: Path) -> int:
 def one_run(variant: str, args, folder: Path, world: int, index: int) -> dict:
     from hpc_dl import config
     from hpc_dl.checkpoint import CheckpointDir
-    from hpc_dl.train import run
+    from hpc_dl.training import run
 
     every = [] if variant == "none" else [f"checkpoint.every={args.every}"]
     strategy = args.strategy or STRATEGY.get(world, "ddp")
@@ -92,7 +92,7 @@ def one_run(variant: str, args, folder: Path, world: int, index: int) -> dict:
 
 def worker(args) -> int:
     os.environ["WANDB_MODE"] = "disabled"
-    from hpc_dl.train import run
+    from hpc_dl.training import run
 
     run._flops_per_sample = lambda cfg, spec: None  # MFU is not measured here: skip counting (1.5 s)
     world = int(os.environ.get("WORLD_SIZE", "1"))

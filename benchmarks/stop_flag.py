@@ -1,6 +1,6 @@
 """What the per-step stop agreement costs, and whether it grows with the rank count.
 
-Every step the ranks agree whether any of them got a stop signal (hpc_dl/train/stop.py), so that all
+Every step the ranks agree whether any of them got a stop signal (hpc_dl/training/stop.py), so that all
 stop after the same step. Before: a blocking all-reduce of the flag on a gloo group after each step
 (a ring: its latency grows with the ranks). After: ``Strategy.any_rank``, hpc_dl's code, which issues
 the all-reduce after a step and reads it after the next (no step waits for it). Measured on N local

@@ -241,7 +241,7 @@ def worker(args) -> int:
     if args.baseline:
         import torch  # noqa: F401
 
-        import hpc_dl.train.run  # noqa: F401 - what a training process imports before it builds anything
+        import hpc_dl.training.run  # noqa: F401 - what a training process imports before it builds anything
 
         if args.baseline == "baseline_deepspeed":
             import deepspeed  # noqa: F401
@@ -251,7 +251,7 @@ def worker(args) -> int:
     import torch.distributed as dist
 
     from hpc_dl import config
-    from hpc_dl.train import run
+    from hpc_dl.training import run
 
     run._flops_per_sample = lambda cfg, spec: None  # MFU is not measured here: skip counting (1.5 s)
     cfg = config.load(ranks.CONFIG, [*ranks.GPT, *STRATEGIES[args.strategy], f"train.steps={args.steps}",

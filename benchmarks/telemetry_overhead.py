@@ -26,7 +26,7 @@ from alternate import alternate, arguments, report, stamper
 
 from hpc_dl import config
 from hpc_dl.distributed.strategy import select_device
-from hpc_dl.train.run import train
+from hpc_dl.training.run import train
 
 BASE = ["data.name=synthetic_images", "data.on_device=true", "model.name=resnet20", "train.eval_every=0",
         "checkpoint.every=0", "log.plots=false", "log.progress=off", "optim.warmup_steps=0"]  # fmt: skip

@@ -34,9 +34,9 @@ from alternate import alternate, arguments, report, stamper
 from hpc_dl import config, data, models
 from hpc_dl.distributed import precision
 from hpc_dl.distributed.strategy import select_device
-from hpc_dl.train import rng
-from hpc_dl.train.optim import build_optimizer, build_scheduler
-from hpc_dl.train.run import train
+from hpc_dl.training import rng
+from hpc_dl.training.optim import build_optimizer, build_scheduler
+from hpc_dl.training.run import train
 
 BASE = ["data.name=synthetic_images", "data.on_device=true", "model.name=resnet20", "train.eval_every=0",
         "checkpoint.every=0", "log.plots=false", "log.progress=off", "log.wandb=false",

@@ -62,7 +62,7 @@ def test_gpu_sizes_are_valid_configs():
     assert config.load(None, gpu.gpt).model.n_layer == 24
     files = acceptance.gpu_test_files()
     assert {
-        "tests/train/test_gpu.py",
+        "tests/training/test_gpu.py",
         "tests/telemetry/test_gpu_telemetry.py",
         "tests/gpu/test_training_gpu.py",
     } <= set(files)
@@ -70,7 +70,9 @@ def test_gpu_sizes_are_valid_configs():
 
 @pytest.mark.slow
 def test_training_and_benchmarks_import_none_of_the_optional_packages(tmp_path):
-    code = "import hpc_dl.cli, hpc_dl.train.run, hpc_dl.bench.gemm, hpc_dl.bench.collectives, hpc_dl.telemetry.sampler"
+    code = (
+        "import hpc_dl.cli, hpc_dl.training.run, hpc_dl.bench.gemm, hpc_dl.bench.collectives, hpc_dl.telemetry.sampler"
+    )
     proc = subprocess.run([sys.executable, "-c", code], env=_without_optional_packages(tmp_path), cwd=ROOT,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0 and "blocked import" not in proc.stderr, proc.stderr

@@ -6,7 +6,7 @@ import ast
 from tests.conftest import ROOT
 
 # Highest first. A package may import itself and anything below it.
-LAYERS = ["cli", "course", "bench", "launch", "train", "checkpoint", "distributed", "telemetry", "models", "data",
+LAYERS = ["cli", "course", "bench", "launch", "training", "checkpoint", "distributed", "telemetry", "models", "data",
           "config", "fileio", "errors"]  # fmt: skip
 PACKAGE = ROOT / "hpc_dl"
 
@@ -47,6 +47,6 @@ def test_imports_point_down():
 def test_the_check_sees_an_upward_import(tmp_path):
     """The rule itself: a module of a lower layer importing a higher one is found."""
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from hpc_dl.train.run import train\n")
-    assert [(line, m) for line, m in _imports(bad)] == [(2, "hpc_dl.train.run")]
-    assert LAYERS.index(_layer("hpc_dl.train.run")) < LAYERS.index(_layer("hpc_dl.models.mlp"))
+    bad.write_text("def f():\n    from hpc_dl.training.run import train\n")
+    assert [(line, m) for line, m in _imports(bad)] == [(2, "hpc_dl.training.run")]
+    assert LAYERS.index(_layer("hpc_dl.training.run")) < LAYERS.index(_layer("hpc_dl.models.mlp"))

@@ -126,7 +126,7 @@ def test_a_config_cannot_construct_python_objects(tmp_path, where):
 def dcp_checkpoint(tmp_path_factory):
     """A real DCP checkpoint folder of a short one-process run."""
     from hpc_dl import config
-    from hpc_dl.train.run import train
+    from hpc_dl.training.run import train
 
     out = tmp_path_factory.mktemp("dcp") / "run"
     sets = ["data.name=breast_cancer", "model.name=mlp", "train.steps=4", "checkpoint.format=dcp", "log.plots=false",

@@ -29,7 +29,7 @@ from hpc_dl.cli import (
     train,
 )
 from hpc_dl.errors import JobError, UserError
-from hpc_dl.train.stop import EXIT_STOPPED, Stopped
+from hpc_dl.training.stop import EXIT_STOPPED, Stopped
 
 COMMANDS = [train, submit, config, models, preflight, diagnose, report, consolidate, flops, bench, demo, explain,
             export, predict, info]  # fmt: skip

@@ -20,7 +20,7 @@ def add(sub) -> None:
 
 def cmd_train(args) -> int:
     from hpc_dl import config
-    from hpc_dl.train.run import train
+    from hpc_dl.training.run import train
 
     path, overrides = args.config, args.overrides
     cfg = config.load(path, overrides)

@@ -23,7 +23,7 @@ from hpc_dl import __version__
 from hpc_dl.data.spec import Transformed
 from hpc_dl.errors import UserError
 from hpc_dl.fileio import write_json
-from hpc_dl.train.weights import load_run
+from hpc_dl.training.weights import load_run
 
 PROGRAM, ONNX, META = "model.pt2", "model.onnx", "predictor.json"
 

@@ -22,7 +22,7 @@ import torch
 
 from hpc_dl.config import OptimConfig
 from hpc_dl.errors import UserError
-from hpc_dl.train.optim import build_optimizer
+from hpc_dl.training.optim import build_optimizer
 
 
 @dataclass(frozen=True)

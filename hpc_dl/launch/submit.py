@@ -30,8 +30,8 @@ class TrainJob:
     def __call__(self, config_path: str | None, overrides: list[str], run_dir: str | None) -> dict | None:
         import submitit
 
-        from hpc_dl.train.run import train
-        from hpc_dl.train.stop import Stopped
+        from hpc_dl.training.run import train
+        from hpc_dl.training.stop import Stopped
 
         env = submitit.JobEnvironment()
         _distributed_env(env)

@@ -16,7 +16,7 @@ from hpc_dl.telemetry.progress import Progress
 from hpc_dl.telemetry.sampler import Sampler
 from hpc_dl.telemetry.wandb_run import WandbRun
 
-STOPPED_EXIT = 75  # hpc_dl.train.stop.EXIT_STOPPED (telemetry sits below train)
+STOPPED_EXIT = 75  # hpc_dl.training.stop.EXIT_STOPPED (telemetry sits below train)
 
 
 class RunObserver(contextlib.ExitStack):

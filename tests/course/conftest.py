@@ -6,7 +6,7 @@ from sklearn.datasets import load_breast_cancer, load_digits
 
 from hpc_dl import config
 from hpc_dl.data import split_indices
-from hpc_dl.train.run import train
+from hpc_dl.training.run import train
 from tests.conftest import CONFIGS
 
 QUIET = ["log.wandb=false", "log.plots=false", "log.utilisation=false", "log.progress=off"]

@@ -10,7 +10,7 @@ from PIL import Image
 from hpc_dl import config
 from hpc_dl.course import explain, export
 from hpc_dl.errors import UserError
-from hpc_dl.train.run import train
+from hpc_dl.training.run import train
 from tests.conftest import run_cli
 from tests.course.conftest import QUIET
 

@@ -9,7 +9,7 @@ import torch
 
 from hpc_dl import config
 from hpc_dl.course import explain, export
-from hpc_dl.train.run import train
+from hpc_dl.training.run import train
 from tests.conftest import CONFIGS, run_cli
 from tests.course.conftest import QUIET
 from tests.telemetry.test_wandb import inspect

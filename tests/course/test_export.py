@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from hpc_dl.course import export
-from hpc_dl.train.weights import load_run
+from hpc_dl.training.weights import load_run
 from tests.conftest import run_cli
 from tests.course.conftest import raw_test_split
 

@@ -215,7 +215,7 @@ def test_synthetic_data_is_seeded_and_shaped(name, shape):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["cifar10", "imagefolder"])
 def test_on_device_augmentation_trains_through_the_trainer(tmp_path, kind):
-    from hpc_dl.train.run import train
+    from hpc_dl.training.run import train
 
     if kind == "cifar10":
         write_cifar10(tmp_path / "d")
@@ -236,7 +236,7 @@ def test_on_device_augmentation_trains_through_the_trainer(tmp_path, kind):
 @pytest.mark.parametrize("on_device", [False, True], ids=["transforms.v2", "on-device"])
 def test_resume_is_exact_with_random_augmentation(tmp_path, on_device):
     from hpc_dl import checkpoint
-    from hpc_dl.train.run import train
+    from hpc_dl.training.run import train
 
     write_cifar10(tmp_path / "d")
     cfg = config.load(CONFIGS / "cifar10_resnet20.yaml", [

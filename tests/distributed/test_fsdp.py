@@ -132,7 +132,7 @@ def test_consolidate_and_predict_read_an_fsdp_checkpoint(fsdp_run, tmp_path):
     run_cli("consolidate", out, "--out", target)
     whole = torch.load(target, weights_only=True)
     assert _close(whole, _weights(out)) and all(v.dtype == torch.float32 for v in whole.values())
-    from hpc_dl.train.weights import read_state_dict
+    from hpc_dl.training.weights import read_state_dict
 
     state, path = read_state_dict(out)  # what export, predict, explain and transfer.weights read
     assert path.name == "step_00000012" and _close(state, whole)

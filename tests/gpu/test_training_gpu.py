@@ -11,9 +11,9 @@ from hpc_dl import config, data, models
 from hpc_dl.distributed import precision
 from hpc_dl.distributed import strategy as strategies
 from hpc_dl.models.gpt import GPT
-from hpc_dl.train import rng
-from hpc_dl.train.run import train
-from hpc_dl.train.trainer import Trainer
+from hpc_dl.training import rng
+from hpc_dl.training.run import train
+from hpc_dl.training.trainer import Trainer
 
 pytestmark = pytest.mark.gpu
 
@@ -112,7 +112,7 @@ def test_compiled_training_matches_eager(tmp_path):
 
 
 def test_out_of_memory_is_named_and_leaves_a_snapshot_the_viewer_opens(tmp_path):
-    from hpc_dl.train.trainer import OutOfMemory
+    from hpc_dl.training.trainer import OutOfMemory
 
     # One 256 GiB activation (65,536 samples x 2^20 hidden units x 4 bytes): more than any GPU has.
     args = ["data.name=synthetic_tabular", "data.shape=[64]", "data.samples=65536", "data.batch_size=65536",

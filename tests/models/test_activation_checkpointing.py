@@ -119,7 +119,7 @@ def test_models_without_blocks_are_refused():
 
 
 def test_config_field():
-    from hpc_dl.train import trainer
+    from hpc_dl.training import trainer
 
     assert config.load(None, []).train.activation_checkpointing == "none"
     assert config.load(None, ["train.activation_checkpointing=selective"]).train.activation_checkpointing == "selective"

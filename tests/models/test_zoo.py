@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hpc_dl import config, data, models
 from hpc_dl.data.spec import DataSpec
-from hpc_dl.train.run import train
+from hpc_dl.training.run import train
 from tests.conftest import CONFIGS, run_cli
 
 

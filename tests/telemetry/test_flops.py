@@ -10,7 +10,7 @@ from hpc_dl.bench import gemm
 from hpc_dl.cli import main
 from hpc_dl.data.spec import DataSpec
 from hpc_dl.telemetry import flops, peaks
-from hpc_dl.train.run import train
+from hpc_dl.training.run import train
 from tests.conftest import CONFIGS
 
 

@@ -9,7 +9,7 @@ import torch
 
 from hpc_dl import config
 from hpc_dl.telemetry import peaks
-from hpc_dl.train.run import train
+from hpc_dl.training.run import train
 
 pytestmark = pytest.mark.gpu
 

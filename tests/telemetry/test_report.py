@@ -77,7 +77,7 @@ def _craft(run: Path) -> None:
 @pytest.fixture(scope="module")
 def story(tmp_path_factory) -> Path:
     """A real 12-step run (in-process, a few seconds), then _craft; its page written by the command."""
-    from hpc_dl.train.run import train
+    from hpc_dl.training.run import train
 
     run = tmp_path_factory.mktemp("story") / "run"
     train(config.load(None, TINY), str(run))

@@ -8,9 +8,9 @@ import torch
 
 from hpc_dl import checkpoint, config, data, models
 from hpc_dl.distributed import strategy as strategies
-from hpc_dl.train import rng
-from hpc_dl.train.stop import Stopped
-from hpc_dl.train.trainer import Trainer
+from hpc_dl.training import rng
+from hpc_dl.training.stop import Stopped
+from hpc_dl.training.trainer import Trainer
 
 SMALL = ["data.name=synthetic_tabular", "data.samples=256", "data.batch_size=32", "model.name=mlp",
          "log.every=5", "train.eval_every=0", "log.utilisation=false", "train.stop_signals=[]"]  # fmt: skip

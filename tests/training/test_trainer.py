@@ -11,7 +11,7 @@ from hpc_dl.checkpoint import CheckpointDir
 from hpc_dl.cli import main
 from hpc_dl.distributed.strategy import Strategy
 from hpc_dl.errors import ConfigError
-from hpc_dl.train.run import train
+from hpc_dl.training.run import train
 from tests.conftest import CONFIGS, run_cli
 
 pytestmark = pytest.mark.slow

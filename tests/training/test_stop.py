@@ -14,7 +14,7 @@ import pytest
 from hpc_dl import checkpoint, config
 from hpc_dl.errors import ConfigError
 from hpc_dl.telemetry import events
-from hpc_dl.train.stop import EXIT_STOPPED
+from hpc_dl.training.stop import EXIT_STOPPED
 from tests.conftest import CONFIGS, run_cli
 from tests.distributed.launch import QUIET, free_port
 

@@ -29,9 +29,9 @@ from hpc_dl.telemetry import memory, peaks
 from hpc_dl.telemetry.record import Record
 from hpc_dl.telemetry.stragglers import Stragglers
 from hpc_dl.telemetry.timing import StepTimer
-from hpc_dl.train import rng
-from hpc_dl.train.optim import build_optimizer, build_scheduler
-from hpc_dl.train.stop import SignalStop, Stopped
+from hpc_dl.training import rng
+from hpc_dl.training.optim import build_optimizer, build_scheduler
+from hpc_dl.training.stop import SignalStop, Stopped
 
 
 def _binary_loss(logits, y, reduction="mean"):

@@ -5,8 +5,8 @@ import torch
 import torchvision
 
 from hpc_dl import config
-from hpc_dl.train.run import train
-from hpc_dl.train.weights import read_state_dict
+from hpc_dl.training.run import train
+from hpc_dl.training.weights import read_state_dict
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow

@@ -33,9 +33,9 @@ from hpc_dl.models import checkpointing
 from hpc_dl.telemetry import flops, peaks
 from hpc_dl.telemetry.events import Events
 from hpc_dl.telemetry.observer import RunObserver
-from hpc_dl.train import rng, transfer
-from hpc_dl.train.stop import SignalStop, Stopped, requeue_self
-from hpc_dl.train.trainer import Trainer
+from hpc_dl.training import rng, transfer
+from hpc_dl.training.stop import SignalStop, Stopped, requeue_self
+from hpc_dl.training.trainer import Trainer
 
 
 def default_run_name(cfg: config.Config) -> str:

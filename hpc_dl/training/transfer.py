@@ -18,7 +18,7 @@ import sys
 from torch import nn
 
 from hpc_dl.errors import ConfigError, UserError
-from hpc_dl.train.weights import read_state_dict
+from hpc_dl.training.weights import read_state_dict
 
 
 def head_name(model: nn.Module) -> str:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hpc_dl import config
-from hpc_dl.train.run import train
+from hpc_dl.training.run import train
 
 pytestmark = pytest.mark.gpu
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from hpc_dl import config
-from hpc_dl.train.optim import Schedule, build_optimizer, build_scheduler
+from hpc_dl.training.optim import Schedule, build_optimizer, build_scheduler
 
 
 def _lrs(overrides, steps=10):
