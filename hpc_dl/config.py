@@ -154,6 +154,12 @@ class AugmentConfig:
     eval: bool = _opt(False, "also augment validation/test batches (normally train only)")
 
 
+TASK_HELP = (
+    "regression: the target is a number (one output, MSE loss on the target standardised on the training "
+    "split; RMSE, MAE and R^2 in its own units); classification: each distinct value is a class; auto: classification"
+)
+
+
 @dataclass
 class DigitsConfig(_DataCommon):
     """scikit-learn's 8x8 handwritten digits, 1797 images, 10 classes."""
@@ -195,13 +201,14 @@ class ImageFolderConfig(_DataCommon):
 
 @dataclass
 class CSVConfig(_DataCommon):
-    """A CSV file with a header row; one column is the class label."""
+    """A CSV file with a header row; one column is the target: a class label, or a number (data.task)."""
 
     name: Literal["csv"] = "csv"
     path: str = _opt("data.csv", "the CSV file")
-    target: str = _opt("label", "name of the label column")
+    target: str = _opt("label", "name of the target column (class label, or a number for regression)")
     categorical: list[str] = _opt([], "columns one-hot encoded (all others must be numeric)")
     scaling: Literal["standard", "minmax"] = _opt("standard", "numeric scaling, fitted on train only")
+    task: Literal["auto", "classification", "regression"] = _opt("auto", TASK_HELP)
 
 
 @dataclass
@@ -228,6 +235,9 @@ class SyntheticConfig(_DataCommon):
     block_size: int = _opt(128, "tokens: context length", ge=1)
     samples: int = _opt(1024, "samples in the training split (val and test get a quarter each)", ge=1)
     seed: int = _opt(0, "seed of the generated data", ge=0)
+    task: Literal["auto", "classification", "regression"] = _opt(
+        "auto", "synthetic_tabular: regression (a fixed smooth function of the inputs plus noise) or classification"
+    )
 
 
 DataConfig = Union[
@@ -308,8 +318,9 @@ class LogConfig:
     dir: str = _opt("runs", "parent folder of run directories", script=True)  # bench scaling's Slurm logs
     run_name: str | None = _opt(None, "run directory name; default <data>-<model>-<time or job id>")
     every: int = _opt(10, "steps between metrics records and plain progress lines", ge=1)
-    progress: Literal["auto", "bar", "plain", "off"] = _opt(
-        "auto", "auto: a bar on a terminal, plain lines otherwise (Slurm logs)"
+    progress: Literal["auto", "bar", "plain", "notebook", "off"] = _opt(
+        "auto",
+        "auto: a bar on a terminal, one redrawn in place in a Jupyter notebook, plain lines otherwise (Slurm logs)",
     )
     plots: bool = _opt(True, "write PNG plots of the curves at the end")
     peak_tflops: float | None = _opt(None, "peak TFLOP/s per device for MFU; null: from the GPU model", gt=0)
@@ -736,6 +747,8 @@ def _check(cfg: Config, b: _Builder) -> None:
             b.fail("train.stop_signals", name, "not a signal that can be caught (e.g. USR1, USR2, TERM, INT)")
     if d.val_fraction + d.test_fraction >= 1:
         b.fail("data.test_fraction", d.test_fraction, "val_fraction + test_fraction must be < 1")
+    if d.name in ("synthetic_images", "synthetic_tokens") and d.task == "regression":
+        b.fail("data.task", "regression", "needs a table: data.name = csv or synthetic_tabular")
     if d.name == "digits" and (len(set(d.classes)) != len(d.classes) or len(d.classes) == 1):
         b.fail("data.classes", d.classes, "must be [] or at least two different digits")
     if cfg.transfer.head == "keep" and not cfg.transfer.weights:

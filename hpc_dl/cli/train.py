@@ -28,8 +28,13 @@ def cmd_train(args) -> int:
     if summary is None:  # not rank 0
         return 0
     test = summary["test"]
+    if "rmse" in test:  # regression, in the target's units
+        r2 = "-" if test.get("r2") is None else f"{test['r2']:.4f}"
+        result = f"test RMSE {test['rmse']:.4g}, R^2 {r2}"
+    else:
+        result = f"test accuracy {test['accuracy']:.4f}"
     print(
-        f"done: test accuracy {test['accuracy']:.4f}, test loss {test['loss']:.4f} "
+        f"done: {result}, test loss {test['loss']:.4f} "
         f"({summary['steps']} steps, {summary['wall_time_s']:.1f} s)\n"
         f"results: {summary['run_dir']}/ ("
         + ", ".join(p.name + ("/" if p.is_dir() else "") for p in sorted(Path(summary["run_dir"]).iterdir()))

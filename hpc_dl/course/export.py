@@ -1,10 +1,13 @@
 """A trained model as a program: ``hpc-dl export RUN_DIR`` writes ``RUN_DIR/export/``.
 
-  model.pt2       torch.export program: raw input -> class probabilities, with the run's
-                  preprocessing inside the graph (scaler statistics, resizing, normalisation)
+  model.pt2       torch.export program: raw input -> class probabilities (a regression model: the
+                  predicted number in the target's units, one column), with the run's preprocessing
+                  inside the graph (scaler statistics, resizing, normalisation; the target's scaling undone)
   model.onnx      the same graph for ONNX runtimes, when torch's ONNX exporter (onnxscript) is installed
-  predictor.json  what the input is (feature columns, image size), class names, where it came from;
-                  for images, intensity statistics of the training images (predict warns about unlike input)
+  predictor.json  what the input is (feature columns, image size), class names (regression: ``task``
+                  and the ``target`` column's name, also the one name in ``classes``), where it came
+                  from; for images, intensity statistics of the training images (predict warns about
+                  unlike input)
 
 Raw input means what a user has: table rows in the original units, or images as floats
 in [0, 1] at the data set's own size (decoding and resizing image files happens before
@@ -29,11 +32,15 @@ PROGRAM, ONNX, META = "model.pt2", "model.onnx", "predictor.json"
 
 
 class Predictor(nn.Module):
-    """Raw input -> preprocessing -> model -> probabilities over the classes."""
+    """Raw input -> preprocessing -> model -> probabilities over the classes; for a regression
+    model (``prep`` has ``target_shift`` and ``target_scale``) the prediction in the target's units."""
 
     def __init__(self, model: nn.Module, binary: bool, inputs: dict, prep: dict):
         super().__init__()
         self.model, self.binary, self.kind = model, binary, inputs["kind"]
+        self.regression = "target_scale" in prep
+        if self.regression:
+            self.target_shift, self.target_scale = float(prep["target_shift"]), float(prep["target_scale"])
         if self.kind == "table":
             self.register_buffer("shift", torch.tensor(prep["shift"], dtype=torch.float32))
             self.register_buffer("scale", torch.tensor(prep["scale"], dtype=torch.float32))
@@ -51,6 +58,8 @@ class Predictor(nn.Module):
             if self.repeat > 1:  # grey repeated to the channels the model was built for
                 x = x.repeat(1, self.repeat, 1, 1)
             x = (x - self.mean) / self.std
+        if self.regression:  # the model predicts the standardised target
+            return self.model(x).float() * self.target_scale + self.target_shift
         return probabilities(self.model(x).float(), self.binary)
 
 
@@ -71,6 +80,7 @@ def describe(cfg, spec) -> tuple[dict, dict]:
         onehot = {c: [n.split("=", 1)[1] for n in spec.feature_names if n.startswith(c + "=")] for c in d.categorical}
         ones = sum(len(v) for v in onehot.values())
         prep = {"shift": pre["shift"] + [0.0] * ones, "scale": pre["scale"] + [1.0] * ones}
+        prep |= {k: pre[k] for k in ("target_shift", "target_scale") if k in pre}  # regression
         return {"kind": "table", "numeric": pre["numeric"], "categorical": onehot}, prep
     if d.name == "digits":
         prep = {**pre, "resize": d.image_size if d.image_size != 8 else None, "repeat": d.channels}
@@ -81,7 +91,7 @@ def describe(cfg, spec) -> tuple[dict, dict]:
         # ImageFolder's evaluation geometry: shorter side to size*256/224, then a centre crop
         return {"kind": "image", "channels": 3, "size": d.image_size, "resize": round(d.image_size * 256 / 224)}, pre
     raise UserError(
-        f"data.name = '{d.name}': export needs a classifier on table rows or images "
+        f"data.name = '{d.name}': export needs a model of table rows or images "
         "(breast_cancer, csv, digits, cifar10, cifar100, imagefolder)"
     )
 
@@ -103,6 +113,9 @@ def build(run_dir) -> tuple[Predictor, dict, object]:
         "classes": spec.class_names or [str(i) for i in range(spec.num_classes)],
         "inputs": inputs,
     }
+    if spec.task == "regression":  # one output: the target, a number in its own units
+        target = spec.preprocessing.get("target", "prediction")
+        meta |= {"task": "regression", "target": target, "classes": [target]}
     return Predictor(model, spec.task == "binary", inputs, prep).eval(), meta, splits
 
 
@@ -159,7 +172,8 @@ def export(run_dir, onnx: bool = True) -> list[Path]:
     if onnx and _onnx_exporter():
         with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():  # the exporter narrates each pass
             torch.onnx.export(predictor, (x,), dynamic_shapes=batch, dynamo=True, input_names=["x"],
-                              output_names=["probabilities"]).save(out / ONNX)  # fmt: skip
+                              output_names=["prediction" if predictor.regression else "probabilities"],
+                              ).save(out / ONNX)  # fmt: skip
         written.append(out / ONNX)
         meta["files"]["onnx"] = ONNX
     if meta["inputs"]["kind"] == "image":

@@ -154,13 +154,17 @@ def _inverted(stats: dict, mean: float, border: float) -> bool:
 
 def predict(run_dir, paths: list[str], top_k: int = 3) -> list[dict]:
     """For each row or image: its name, the top-k (class, probability) pairs and the warnings
-    about it (an image unlike the training images)."""
+    about it (an image unlike the training images). A regression model's row has ``prediction``,
+    the number in the target's units, and as ``top`` the one pair (target column, prediction)."""
     predictor, meta = load(run_dir)
     if not paths:
         raise UserError("give at least one CSV file or image file")
     x, names = read(paths, meta["inputs"])
     with torch.no_grad():
         probs = torch.cat([predictor(chunk) for chunk in x.split(256)])
+    if meta.get("task") == "regression":
+        return [{"input": name, "prediction": float(v), "top": [[meta["target"], float(v)]], "warnings": []}
+                for name, v in zip(names, probs[:, 0].tolist())]  # fmt: skip
     k = min(top_k, probs.shape[1])
     top = probs.topk(k, dim=1)
     classes = meta["classes"]

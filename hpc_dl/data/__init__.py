@@ -51,6 +51,8 @@ def shape_spec(cfg, classes: int | None = None) -> DataSpec:
     if name.startswith("synthetic"):  # without generating the samples, which may not fit in memory
         if name == "synthetic_images" and len(cfg.shape) != 3:
             raise ConfigError(f"data.shape = {cfg.shape}: synthetic_images needs [channels, height, width]")
+        if cfg.task == "regression":
+            return DataSpec(tuple(cfg.shape), 1, task="regression")
         return DataSpec(tuple(cfg.shape), cfg.num_classes)
     if name == "tokens" and cfg.vocab_size:
         return DataSpec((cfg.block_size,), cfg.vocab_size, task="lm")

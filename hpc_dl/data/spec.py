@@ -11,8 +11,10 @@ from torch.utils.data import Dataset, TensorDataset
 
 @dataclass
 class DataSpec:
-    """input_shape of one sample; num_classes (the vocabulary size for language modelling);
-    task: binary (one logit), multiclass, or lm (next-token prediction at every position)."""
+    """input_shape of one sample; num_classes (the vocabulary size for language modelling; 1 for
+    regression); task: binary (one logit), multiclass, lm (next-token prediction at every position)
+    or regression (one output, a number: the target standardised on the training split, its
+    statistics in preprocessing's target_shift and target_scale, its column name in target)."""
 
     input_shape: tuple[int, ...]
     num_classes: int
@@ -26,7 +28,12 @@ class DataSpec:
 
     @property
     def num_outputs(self) -> int:
-        return 1 if self.task == "binary" else self.num_classes
+        return 1 if self.task in ("binary", "regression") else self.num_classes
+
+    @property
+    def target_units(self) -> tuple[float, float]:
+        """(shift, scale) of a regression target: the model predicts (target - shift) / scale."""
+        return float(self.preprocessing.get("target_shift", 0.0)), float(self.preprocessing.get("target_scale", 1.0))
 
 
 @dataclass
@@ -52,6 +59,26 @@ def split_indices(labels: np.ndarray, val_fraction: float, test_fraction: float,
     val_share = val_fraction / (1 - test_fraction)
     train, val = _stratified_split(rest, labels[rest], val_share, seed)
     return train, val, test
+
+
+def shuffle_split(n: int, val_fraction: float, test_fraction: float, seed: int):
+    """Train/val/test index arrays of a seeded shuffle, for targets that cannot be stratified (a
+    regression's numbers); the same split sizes as ``split_indices``. ValueError when a split of
+    the sizes asked for would be empty (or the training split has fewer than 2 samples)."""
+    n_test = math.ceil(test_fraction * n)
+    n_val = math.ceil(val_fraction / (1 - test_fraction) * (n - n_test))
+    if n - n_test - n_val < 2 or n_val < 1 or n_test < 1:
+        raise ValueError(f"{n} samples cannot be split")
+    order = np.random.RandomState(seed).permutation(n)
+    return order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
+
+
+def standardise_target(y: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, dict]:
+    """A regression target standardised with the training split's mean and standard deviation
+    (``train``: its indices), and those statistics for ``DataSpec.preprocessing``."""
+    shift, scale = float(y[train].mean()), float(y[train].std())
+    scale = scale if scale > 0 else 1.0  # a constant target stays constant
+    return (y - shift) / scale, {"target_shift": shift, "target_scale": scale}
 
 
 def _stratified_split(idx: np.ndarray, labels: np.ndarray, test_size: float, seed: int):
@@ -93,9 +120,10 @@ def _approximate_mode(counts: np.ndarray, n_draws: int, rng: np.random.RandomSta
 
 
 def tensor_splits(x: np.ndarray, y: np.ndarray, parts, spec: DataSpec) -> Splits:
+    """In-memory splits; the targets are class indices, or float32 numbers for regression."""
+    y_type = torch.float32 if spec.task == "regression" else torch.long
     as_tensors = [
-        TensorDataset(torch.as_tensor(x[i], dtype=torch.float32), torch.as_tensor(y[i], dtype=torch.long))
-        for i in parts
+        TensorDataset(torch.as_tensor(x[i], dtype=torch.float32), torch.as_tensor(y[i], dtype=y_type)) for i in parts
     ]
     return Splits(*as_tensors, spec=spec)
 

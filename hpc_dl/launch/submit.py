@@ -202,6 +202,8 @@ def _follow(job) -> int:
         raise JobError(f"job {job.job_id} failed ({job.state}); end of {err}:\n" + "\n".join(lines[-6:])) from None
     print(f"job {job.job_id} finished: {job.state}")
     if summary:
-        print(f"done: test accuracy {summary['test']['accuracy']:.4f} ({summary['steps']} steps on "
+        test = summary["test"]  # regression: RMSE in the target's units
+        result = f"accuracy {test['accuracy']:.4f}" if "accuracy" in test else f"RMSE {test['rmse']:.4g}"
+        print(f"done: test {result} ({summary['steps']} steps on "
               f"{summary['world_size']} process(es)); results: {summary['run_dir']}")  # fmt: skip
     return 0

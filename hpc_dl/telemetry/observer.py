@@ -93,8 +93,10 @@ class RunObserver(contextlib.ExitStack):
         write_json(self.out / "summary.json", summary)
         plots = []
         if self.cfg.log.plots:
-            from hpc_dl.telemetry.plots import plot_curves  # matplotlib: loaded only to draw
+            from hpc_dl.telemetry.plots import plot_confusion, plot_curves  # matplotlib: loaded only to draw
 
             plots = plot_curves(read(self.out / "metrics.jsonl"), self.out)
+            confusion = plot_confusion(summary.get("test") or {}, self.out)
+            plots += [confusion] if confusion else []
         if self.dashboard:
             self.dashboard.finish(summary, plots, say=print)

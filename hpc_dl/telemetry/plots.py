@@ -1,13 +1,18 @@
 """PNG plots of the training curves, drawn from metrics.jsonl after the run."""
 
+import sys
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # no display on compute nodes
+if "ipykernel" not in sys.modules:  # a notebook keeps its inline figures
+    matplotlib.use("Agg")  # no display on compute nodes
 import matplotlib.pyplot as plt  # noqa: E402
 
-LABELS = {"loss": "loss (cross-entropy, nats)", "accuracy": "accuracy"}  # every task trains on cross-entropy
+# classification (and language models) trains on cross-entropy, regression on the MSE of the standardised target
+LABELS = {"loss": "loss (cross-entropy, nats)", "accuracy": "accuracy", "rmse": "RMSE (in the target's units)"}
+REGRESSION_LOSS = "loss (MSE of the standardised target)"
+NAMES = {"rmse": "RMSE"}  # a metric's name in a title
 
 
 def _plain(**kwargs):
@@ -39,10 +44,11 @@ def curve_figure(records: list[dict], metric: str, run_name: str):
     if test:
         ((step, value),) = test
         ax.plot([step], [value], "k*", markersize=11, label=f"test {value:.4g}")
-        title += f" (test {metric} {value:.4g} at step {step})"
+        title += f" (test {NAMES.get(metric, metric)} {value:.4g} at step {step})"
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel(LABELS.get(metric, metric))
+    regression = any("rmse" in r for r in records)
+    ax.set_ylabel(REGRESSION_LOSS if metric == "loss" and regression else LABELS.get(metric, metric))
     values = [v for pts in [*series.values(), test] for _, v in pts]
     if metric == "loss" and all(v > 0 for v in values):
         ax.set_yscale("log")
@@ -56,9 +62,10 @@ def curve_figure(records: list[dict], metric: str, run_name: str):
 
 
 def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
-    """loss.png and accuracy.png of the run in ``out_dir`` (its folder name titles them)."""
+    """loss.png and accuracy.png (regression: rmse.png) of the run in ``out_dir`` (its folder name
+    titles them)."""
     written = []
-    for metric in ("loss", "accuracy"):
+    for metric in ("loss", "accuracy", "rmse"):
         fig = curve_figure(records, metric, Path(out_dir).name)
         if fig is None:
             continue
@@ -67,6 +74,56 @@ def plot_curves(records: list[dict], out_dir: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def confusion_figure(confusion: list[list[int]], class_names: list[str], run_name: str, accuracy: float | None):
+    """The test split's confusion matrix (rows the true class, columns the predicted one; counts
+    written in the cells up to 20 classes, class names as tick labels up to 30) beside each class's
+    accuracy (its recall: the diagonal over the row), titled with the run and its test accuracy."""
+    import numpy as np
+
+    matrix = np.asarray(confusion, dtype=np.int64)
+    c = len(matrix)
+    names = class_names if len(class_names) == c else [str(i) for i in range(c)]
+    rows = matrix.sum(1)
+    recall = np.divide(matrix.diagonal(), rows, out=np.full(c, np.nan), where=rows > 0)
+    side = min(max(4.0, 0.45 * c + 2), 16.0)
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(side + 3, side), dpi=100, width_ratios=[side, 3], sharey=True)
+    image = ax.imshow(matrix, cmap="Blues", vmin=0, aspect="auto")  # rows level with the bars beside
+    if c <= 20:  # the counts, readable on light and dark cells
+        for (i, j), n in np.ndenumerate(matrix):
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=9,
+                    color="white" if n > matrix.max() / 2 else "black")  # fmt: skip
+    if c <= 30:
+        ax.set_xticks(range(c), names, rotation=45 if max(map(len, names)) > 3 else 0, ha="right")
+        ax.set_yticks(range(c), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="test samples")
+    bars.barh(range(c), np.nan_to_num(recall), color="lightsteelblue")
+    if c <= 20:  # as a percentage; "-" for a class the test split does not have
+        for i, r in enumerate(recall):
+            bars.text(0.03, i, "-" if np.isnan(r) else f"{r:.0%}", va="center", fontsize=9)
+    bars.set_xlim(0, 1)
+    bars.set_xlabel("per-class accuracy")
+    bars.tick_params(labelleft=False)
+    result = f" (test accuracy {accuracy:.4g})" if accuracy is not None else ""
+    fig.suptitle(f"{run_name}: confusion matrix on the test split{result}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(test: dict, out_dir: Path) -> Path | None:
+    """confusion.png in ``out_dir`` from a run's test result (summary.json's ``test``), when it has
+    a confusion matrix (classification runs)."""
+    if not test.get("confusion"):
+        return None
+    names = list(test.get("per_class_accuracy") or {})
+    fig = confusion_figure(test["confusion"], names, Path(out_dir).name, test.get("accuracy"))
+    path = Path(out_dir) / "confusion.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def device_axis(ax, points: list[tuple[int, int]]) -> None:

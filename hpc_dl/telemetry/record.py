@@ -15,8 +15,13 @@ class Record(TypedDict, total=False):
     split: str  # train, val or test
     step: int
     loss: float
-    accuracy: float
+    accuracy: float  # classification and language models
+    rmse: float  # regression, in the target's units (loss is the MSE of the standardised target)
+    mae: float  # regression, in the target's units
+    r2: float | None  # regression, val/test: 1 - SSE/SST about the split's mean (None for a constant target)
     samples: int  # val/test: the samples evaluated
+    confusion: list[list[int]]  # test, classification: rows the true class, columns the predicted one
+    per_class_accuracy: dict[str, float | None]  # test, classification: each class's recall, by name
     # train records only
     epoch: float
     lr: float

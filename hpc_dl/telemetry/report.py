@@ -136,7 +136,8 @@ def _config(run: Run) -> str:
         facts = [(label, s[key]) for key, label in FACTS if key in s]
         for split in ("val", "test"):
             results = s.get(split) if isinstance(s.get(split), dict) else {}
-            facts += [(f"{split} {metric}", results[metric]) for metric in ("loss", "accuracy") if metric in results]
+            shown = ("loss", "accuracy", "rmse", "r2")  # r2, rmse: regression
+            facts += [(f"{split} {metric}", results[metric]) for metric in shown if metric in results]
         parts.append(_table([{"fact": k, "value": v} for k, v in facts], ["fact", "value"]))
     else:
         parts.append(_note(run.problems.get("summary.json", "summary.json holds no facts")))

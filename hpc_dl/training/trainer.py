@@ -5,6 +5,7 @@ What differs between one CPU process, DDP and DeepSpeed lives in the strategy
 (metrics file, progress, later W&B) receives records through ``observers``.
 """
 
+import dataclasses
 import math
 import socket
 import sys
@@ -51,11 +52,24 @@ def _multiclass_correct(logits, y):
     return (logits.argmax(-1) == y).sum()
 
 
+def _squared_error(output, y, reduction="mean"):
+    # one output per sample against the standardised target
+    return F.mse_loss(output.squeeze(-1).float(), y.float(), reduction=reduction)
+
+
+def _absolute_error(output, y):
+    return (output.squeeze(-1).float() - y.float()).abs().sum()
+
+
+# task -> (loss, a second sum per batch): correct predictions, or for regression the absolute errors
 TASKS = {
     "binary": (_binary_loss, _binary_correct),
     "multiclass": (_multiclass_loss, _multiclass_correct),
     "lm": (_multiclass_loss, _multiclass_correct),  # loss and accuracy per predicted token
+    "regression": (_squared_error, _absolute_error),  # MSE of the standardised target; RMSE, MAE in its units
 }
+MAX_CONFUSION_CLASSES = 1000  # a test split's confusion matrix (C x C counts) up to this many classes
+PER_CLASS = ("confusion", "per_class_accuracy")  # in the test result and summary.json, not in metrics.jsonl
 
 
 class Trainer:
@@ -157,7 +171,7 @@ class Trainer:
         window.check_finite()
         results = {split: self.evaluate(split) for split in ("val", "test")}
         for record in results.values():
-            self._emit(record)
+            self._emit(_without_per_class(record))
         if checkpoints:
             self.save(checkpoints)
         return results
@@ -192,21 +206,18 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: str) -> Record:
+        """Loss and accuracy (regression: RMSE, MAE, R^2) over the split, every rank a share of it;
+        the test split also gets its confusion matrix and per-class accuracy (classification)."""
         self.model.eval()
-        totals = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss sum, correct, targets, samples
         ws, d = self.strategy, self.cfg.data
+        sums = _EvalSums(self, split)
         dataset = getattr(self.splits, split)
         for batch in eval_batches(dataset, d.eval_batch_size, ws.rank, ws.world_size, d.num_workers, self.data_device):
             x, y = self._to_device(batch, train=False)
             with precision.autocast(self.device, self.dtype):
-                logits = self.model(x)
-            totals += torch.stack([
-                self.loss_fn(logits, y, "sum").double(), self.correct_fn(logits, y).double(),
-                torch.tensor(y.numel(), dtype=torch.float64, device=self.device),
-                torch.tensor(len(y), dtype=torch.float64, device=self.device),
-            ])  # fmt: skip
-        loss, correct, n, samples = ws.all_reduce_sum(totals).tolist()
-        return {"split": split, "step": self.step, "loss": loss / n, "accuracy": correct / n, "samples": int(samples)}
+                output = self.model(x)
+            sums.add(output, y)
+        return {"split": split, "step": self.step, **sums.result(ws.all_reduce_sum(sums.flat()))}
 
     def _to_device(self, batch, train: bool):
         x, y = batch
@@ -361,9 +372,13 @@ def _check_config(path, state: dict, cfg: Config) -> None:
     if not state.get("config"):
         return
     old, new = _flat(state["config"]), _flat(to_dict(cfg))
+    # A key the checkpoint's config lacks and this one holds at its default is a setting hpc_dl
+    # added since (data.task): it cannot have changed what was trained.
+    added = {k for k in new.keys() - old.keys() if new[k] == _defaults(cfg).get(k)}
     changed = [
-        k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k) and not k.startswith(_FREE_ON_RESUME)
-    ]
+        k for k in sorted(old.keys() | new.keys() - added)
+        if old.get(k) != new.get(k) and not k.startswith(_FREE_ON_RESUME)
+    ]  # fmt: skip
     if changed:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])
         more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
@@ -371,6 +386,11 @@ def _check_config(path, state: dict, cfg: Config) -> None:
             f"checkpoint {path} does not fit this run: the config changes what it was trained with ({shown}{more}); "
             "resume with the run's own config.yaml, or start a new run (transfer.weights=RUN starts from its weights)"
         )
+
+
+def _defaults(cfg: Config) -> dict:
+    """Every setting's default, flattened, for the model and data variants ``cfg`` uses."""
+    return _flat({f.name: to_dict(type(getattr(cfg, f.name))()) for f in dataclasses.fields(cfg)})
 
 
 def _planned_steps(saved: dict | None) -> int | None:
@@ -461,7 +481,7 @@ class _Window:
             "step": tr.step,
             "epoch": round(tr.epoch, 4),
             "loss": loss_sum / targets,
-            "accuracy": correct / targets,
+            **_train_metric(tr.splits.spec, loss_sum, correct, targets),
             "lr": lr,
             "grad_norm": float(self.grad_norm),
             "samples_per_s": self.timed_samples * tr.strategy.world_size / elapsed if elapsed > 0 else None,
@@ -496,6 +516,88 @@ class _Window:
         tr.mem_peak_gib = max(tr.mem_peak_gib, record["mem_peak_gib"])
         self.reset()
         return record
+
+
+def _train_metric(spec, loss_sum: float, second: float, targets: float) -> dict:
+    """A training window's accuracy, or for regression its RMSE and MAE in the target's units."""
+    if spec.task != "regression":
+        return {"accuracy": second / targets}
+    scale = spec.target_units[1]
+    return {"rmse": scale * math.sqrt(loss_sum / targets), "mae": scale * second / targets}
+
+
+def _without_per_class(record: Record) -> Record:
+    return {k: v for k, v in record.items() if k not in PER_CLASS}
+
+
+class _EvalSums:
+    """One evaluation's sums, kept on the device and all-reduced as one float64 vector (exact for
+    counts below 2^53), so every metric is the whole split's whichever rank evaluated what.
+    Classification: loss, correct, targets, samples, and for the test split the confusion matrix
+    (rows the true class, columns the predicted one; a binary model predicts its second class when
+    its logit is > 0). Regression, in standardised units: squared and absolute errors, the targets'
+    sum and sum of squares (for R^2 about the split's own mean), targets, samples."""
+
+    def __init__(self, trainer: Trainer, split: str):
+        self.spec, self.loss_fn, self.second_fn = trainer.splits.spec, trainer.loss_fn, trainer.correct_fn
+        self.regression = self.spec.task == "regression"
+        device = trainer.device
+        self.sums = torch.zeros(6 if self.regression else 4, dtype=torch.float64, device=device)
+        c = self.spec.num_classes
+        per_class = split == "test" and self.spec.task in ("binary", "multiclass") and c <= MAX_CONFUSION_CLASSES
+        self.classes = c if per_class else 0
+        self.confusion = torch.zeros(c * c if per_class else 0, dtype=torch.int64, device=device)
+
+    def add(self, output: torch.Tensor, y: torch.Tensor) -> None:
+        if self.regression:
+            error, yd = output.squeeze(-1).double() - y.double(), y.double()
+            self.sums[:4] += torch.stack([error.square().sum(), error.abs().sum(), yd.sum(), yd.square().sum()])
+        else:
+            self.sums[:2] += torch.stack([self.loss_fn(output, y, "sum").double(), self.second_fn(output, y).double()])
+        self.sums[-2] += y.numel()
+        self.sums[-1] += len(y)
+        if self.classes:
+            c = self.classes
+            predicted = (output.squeeze(-1) > 0).long() if self.spec.task == "binary" else output.argmax(-1)
+            self.confusion += torch.bincount(y.long() * c + predicted, minlength=c * c)
+
+    def flat(self) -> torch.Tensor:
+        return torch.cat([self.sums, self.confusion.double()])
+
+    def result(self, reduced: torch.Tensor) -> dict:
+        totals = reduced[: len(self.sums)].tolist()
+        n, samples = totals[-2], int(totals[-1])
+        if self.regression:
+            return {**_regression_metrics(totals[:4], n, self.spec.target_units[1]), "samples": samples}
+        out = {"loss": totals[0] / n, "accuracy": totals[1] / n, "samples": samples}
+        if self.classes:
+            matrix = reduced[len(self.sums) :].round().long().view(self.classes, self.classes)
+            out.update(_per_class(matrix, self.spec.class_names))
+        return out
+
+
+def _regression_metrics(sums: list[float], n: float, scale: float) -> dict:
+    """MSE of the standardised target (the loss), and RMSE, MAE and R^2 in the target's own units."""
+    squared, absolute, total, total_sq = sums
+    spread = total_sq - total * total / n  # about the split's own mean: R^2's total sum of squares
+    return {
+        "loss": squared / n,
+        "rmse": scale * math.sqrt(squared / n),
+        "mae": scale * absolute / n,
+        "r2": 1 - squared / spread if spread > 0 else None,  # undefined for a constant target
+    }
+
+
+def _per_class(matrix: torch.Tensor, names: list[str]) -> dict:
+    """The confusion matrix as lists, and each class's accuracy (its recall: the share of its
+    samples predicted as it; None for a class absent from the split), by class name."""
+    c = len(matrix)
+    names = names if len(names) == c else [str(i) for i in range(c)]
+    rows, right = matrix.sum(1).tolist(), matrix.diagonal().tolist()
+    return {
+        "confusion": matrix.tolist(),
+        "per_class_accuracy": {name: (r / t if t else None) for name, r, t in zip(names, right, rows)},
+    }
 
 
 def _own_times(tr: Trainer, timing: dict) -> dict:

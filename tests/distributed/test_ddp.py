@@ -42,6 +42,9 @@ def test_ddp_replicas_agree_and_match_one_process_with_the_same_global_batch(ddp
     assert a == b  # identical parameters on both ranks, bit for bit
     assert "preflight: all ranks checked in, all-reduce correct" in proc.stdout
     assert proc.stdout.count("done: test accuracy") == 1  # only rank 0 reports
+    test = summary["test"]  # the confusion matrix is the whole test split's, not one rank's share
+    assert sum(map(sum, test["confusion"])) == test["samples"] == 114
+    assert (test["confusion"][0][0] + test["confusion"][1][1]) / 114 == pytest.approx(test["accuracy"])
 
     # One process with the same global batch and the same micro-step structure (16 x 2 accumulated):
     # 21 micro-batches per epoch, so a step can straddle two epochs, in both runs alike.
