@@ -7,6 +7,7 @@ MFU uses this counted figure for every model; for the GPT the analytic
 6*N*tokens + 12*layers*T*d*tokens (PaLM, appendix B) is reported beside it as a cross-check.
 """
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -30,12 +31,16 @@ class StepFlops:
 
 
 def _meta_model(model_cfg, spec: DataSpec) -> nn.Module:
+    """The config's model built on the meta device, or a copy of a given module moved there."""
+    if isinstance(model_cfg, nn.Module):
+        return copy.deepcopy(model_cfg).to("meta")
     with torch.device("meta"):
         return models.build(model_cfg, spec)
 
 
 def count(model_cfg, spec: DataSpec, batch_size: int, depth: int = 2) -> StepFlops:
-    """FLOPs of forward + backward for one micro-batch of ``batch_size`` on the meta device."""
+    """FLOPs of forward + backward for one micro-batch of ``batch_size`` on the meta device
+    (``model_cfg``: a model section, or a module of one's own)."""
     model = _meta_model(model_cfg, spec).train()
     with torch.device("meta"):
         x = models.example_input(spec, batch_size)

@@ -6,7 +6,7 @@ Run directory (``log.dir/<run name>``):
   metrics.jsonl   one record per log step and per evaluation
   summary.json    final validation and test metrics, steps, time, throughput
   events.jsonl    each segment's start (step, ranks, hosts, Slurm restart) and end (outcome, message)
-  loss.png, accuracy.png
+  loss.png, accuracy.png (rmse.png for a regression), confusion.png (classification: the test split)
   checkpoints/    step_*.pt and the ``latest`` pointer
   wandb/, wandb_id  the W&B run (offline without an API key) and its id, reused on resume
   profile/        torch.profiler traces, when log.profile_steps > 0
@@ -22,8 +22,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from hpc_dl import config, data, models
 from hpc_dl.checkpoint import CheckpointDir
+from hpc_dl.data.spec import Splits
 from hpc_dl.distributed import cluster, hang, precision, preflight
 from hpc_dl.distributed import strategy as strategies
 from hpc_dl.distributed.process_group import named_failures
@@ -38,20 +41,21 @@ from hpc_dl.training.stop import SignalStop, Stopped, requeue_self
 from hpc_dl.training.trainer import Trainer
 
 
-def default_run_name(cfg: config.Config) -> str:
+def default_run_name(cfg: config.Config, names: tuple[str, str] | None = None) -> str:
     """<data>-<model>-<Slurm job id or local time>: a requeued job finds its own folder again."""
     job = cluster.job_id()
     stamp = f"job{job}" if job else datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{cfg.data.name}-{cfg.model.name}-{stamp}"
+    model, data = names or (cfg.model.name, cfg.data.name)
+    return f"{data}-{model}-{stamp}"
 
 
-def run_directory(cfg: config.Config, run_dir: str | None) -> Path:
+def run_directory(cfg: config.Config, run_dir: str | None, names: tuple[str, str] | None = None) -> Path:
     if run_dir:
         return _creatable(Path(run_dir), f"--run-dir {run_dir}")
     _creatable(Path(cfg.log.dir), f"log.dir = '{cfg.log.dir}'")
     if cfg.log.run_name:
         return Path(cfg.log.dir) / cfg.log.run_name
-    base = Path(cfg.log.dir) / default_run_name(cfg)
+    base = Path(cfg.log.dir) / default_run_name(cfg, names)
     path, n = base, 1
     while path.exists() and "SLURM_JOB_ID" not in os.environ:  # two runs started in the same second
         n += 1
@@ -97,25 +101,29 @@ def _resume(trainer: Trainer, ckpts: CheckpointDir, resume: str | None) -> Path 
     return found[0] if found else None  # auto with nothing to resume: start fresh
 
 
-def _flops_per_sample(cfg: config.Config, spec) -> float | None:
+def _flops_per_sample(cfg: config.Config, spec, own: nn.Module | None) -> float | None:
     """Counted once, on the meta device; a model the counter cannot trace just gets no MFU."""
     try:
-        return flops.count(cfg.model, spec, cfg.data.batch_size).per_sample
+        return flops.count(own or cfg.model, spec, cfg.data.batch_size).per_sample
     except Exception as e:  # noqa: BLE001 - telemetry must never stop a run
         print(f"warning: could not count the model's FLOPs ({type(e).__name__}: {e}); no MFU", file=sys.stderr)
         return None
 
 
-def train(cfg: config.Config, run_dir: str | None = None, resume: str | None = None, on_step=None) -> dict | None:
+def train(cfg: config.Config, run_dir: str | None = None, resume: str | None = None, on_step=None,
+          own: "Own | None" = None) -> dict | None:  # fmt: skip
     """Run one training job; returns the summary on rank 0 and None on the other ranks.
-    ``on_step(step)`` is called after every optimizer step (benchmarks time steps with it)."""
+    ``on_step(step)`` is called after every optimizer step (benchmarks time steps with it).
+    ``own``: a module and/or data splits of the caller's, used instead of what the config's model
+    and data sections would build (the Python API); afterwards it holds the trained module and the splits."""
     t0 = time.perf_counter()
     with SignalStop(cfg.train.stop_signals) as stop, contextlib.ExitStack() as held:  # a signal in set-up is kept
         strategy = strategies.build(cfg)
         events = Events()  # started once the run directory is known
         try:
             with named_failures(strategy.group):
-                summary = _train(cfg, strategy, run_dir, resume, t0, on_step or (lambda step: None), stop, held, events)
+                summary = _train(cfg, strategy, run_dir, resume, t0, on_step or (lambda step: None), stop, held, events,
+                                 own or Own())  # fmt: skip
             events.end("completed")
             return summary
         except Stopped as e:
@@ -150,11 +158,11 @@ def _claim(out: Path, strategy, held: contextlib.ExitStack) -> None:
 
 
 def _train(cfg: config.Config, strategy, run_dir, resume, t0: float, on_step, stop: SignalStop, held,
-           events: Events) -> dict | None:  # fmt: skip
+           events: Events, own: "Own") -> dict | None:  # fmt: skip
     checked = _preflight(cfg, strategy)
-    built = _build(cfg, strategy)
+    built = _build(cfg, strategy, own)
     trainer = built.trainer
-    out = Path(strategy.gather_object(str(run_directory(cfg, run_dir)))[0])  # rank 0 names it for all
+    out = Path(strategy.gather_object(str(run_directory(cfg, run_dir, built.names)))[0])  # rank 0 names it for all
     ckpts = CheckpointDir(out / "checkpoints", cfg.checkpoint.keep_last)
     _claim(out, strategy, held)
     if strategy.group:  # hang dumps go here (distributed/hang.py)
@@ -216,6 +224,24 @@ def _preflight(cfg: config.Config, strategy) -> dict | None:
 
 
 @dataclass
+class Own:
+    """A module and data set the caller brought instead of the config's; after _build, the ones trained."""
+
+    model: nn.Module | None = None
+    splits: Splits | None = None
+    data_name: str = "data"
+
+    def __post_init__(self):
+        self.given = self.model is not None  # a module of the caller's: FLOPs counted on a copy of it
+        self.given_data = self.splits is not None
+
+    def names(self, cfg: config.Config) -> tuple[str, str]:
+        """What the run says it trains: the config's model and data names, or your class names."""
+        model = type(self.model).__name__ if self.given else cfg.model.name
+        return model, self.data_name if self.given_data else cfg.data.name
+
+
+@dataclass
 class Built:
     """The trainer and what the run says about how it was made."""
 
@@ -224,23 +250,24 @@ class Built:
     parameters: int
     transferred: dict
     peak_source: str
+    names: tuple[str, str]  # the model's and the data's
 
 
-def _build(cfg: config.Config, strategy) -> Built:
+def _build(cfg: config.Config, strategy, own: Own) -> Built:
     precision.configure_backends(cfg.train.tf32, cfg.train.deterministic)
     rng.seed_everything(cfg.train.seed)  # the same initial weights on every rank
-    splits = data.build(cfg.data)
-    model = models.build(cfg.model, splits.spec)
+    splits = own.splits = own.splits or data.build(cfg.data)
+    model = own.model = own.model or models.build(cfg.model, splits.spec)
     checkpointing.apply(model, cfg.train.activation_checkpointing)  # before a strategy shards it
     n_params = models.count_parameters(model)  # before a sharded strategy partitions it
     lr_scale, transferred = transfer.apply(model, cfg.transfer)
     trainer = Trainer(cfg, strategy, splits, model, lr_scale)
     rng.seed_everything(cfg.train.seed + 1_000_003 * strategy.rank)  # dropout/augmentation differ per rank
-    trainer.flops_per_sample = _flops_per_sample(cfg, splits.spec)
+    trainer.flops_per_sample = _flops_per_sample(cfg, splits.spec, own.model if own.given else None)
     trainer.peak_tflops, peak_source = peaks.resolve(
         cfg.log.peak_tflops, strategy.device, trainer.dtype, cfg.train.tf32
     )
-    return Built(trainer, splits, n_params, transferred, peak_source)
+    return Built(trainer, splits, n_params, transferred, peak_source, own.names(cfg))
 
 
 def _finished_already(out: Path, trainer: Trainer, strategy) -> dict | None:
@@ -256,7 +283,7 @@ def _introduction(cfg: config.Config, strategy, built: Built, out: Path, resumed
     tr, moved = built.trainer, built.transferred
     lines = [f"resumed from {resumed} at step {tr.step}"] if resumed else []
     lines.append(
-        f"training {cfg.model.name} ({built.parameters:,} parameters) on {cfg.data.name} for {tr.total_steps} steps "
+        f"training {built.names[0]} ({built.parameters:,} parameters) on {built.names[1]} for {tr.total_steps} steps "
         f"on {strategy.world_size} x {strategy.device} ({strategy.name}), precision {tr.dtype or 'fp32'}, "
         f"run dir {out}"
     )
@@ -280,8 +307,8 @@ def _summary(cfg, strategy, built: Built, out: Path, resumed, t0: float, rates: 
     tr = built.trainer
     return {
         "run_dir": str(out),
-        "model": cfg.model.name,
-        "data": cfg.data.name,
+        "model": built.names[0],
+        "data": built.names[1],
         "parameters": built.parameters,
         "steps": tr.total_steps,
         "epochs": round(tr.epoch, 4),
