@@ -19,8 +19,10 @@ from hpc_dl.cli import (
     diagnose,
     explain,
     export,
+    features,
     flops,
     info,
+    lr_find,
     models,
     predict,
     preflight,
@@ -31,8 +33,8 @@ from hpc_dl.cli import (
 from hpc_dl.errors import JobError, UserError
 from hpc_dl.training.stop import EXIT_STOPPED, Stopped
 
-COMMANDS = [train, submit, config, models, preflight, diagnose, report, consolidate, flops, bench, demo, explain,
-            export, predict, info]  # fmt: skip
+COMMANDS = [train, submit, config, models, preflight, diagnose, report, consolidate, flops, lr_find, bench, demo,
+            explain, features, export, predict, info]  # fmt: skip
 
 EPILOG = """\
 examples:

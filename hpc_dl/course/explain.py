@@ -65,7 +65,7 @@ def _tables(predictor, meta, splits, out: Path, samples, background, method, see
         return (x * predictor.scale + predictor.shift).numpy().astype(np.float64)
 
     bg, x = raw(splits.train, background, seed), raw(splits.test, samples, seed + 1)
-    classes = meta["classes"]
+    classes, regression = meta["classes"], meta.get("task") == "regression"
     if chosen is not None:
         outputs = [classes.index(chosen)]
     else:  # of two classes, P(second class) says it all
@@ -91,7 +91,8 @@ def _tables(predictor, meta, splits, out: Path, samples, background, method, see
 
     files = [out / "shap.json", out / "shap_values.csv"]
     write_json(files[0], {
-        "method": method, "model": meta["model"], "data": meta["data"], "output": "class probability",
+        "method": method, "model": meta["model"], "data": meta["data"],
+        "output": "prediction (in the target's units)" if regression else "class probability",
         "classes": [classes[o] for o in outputs], "features": names, "background_rows": len(bg),
         "data_rows": x.tolist(), "base_values": base.tolist(), "predictions": predicted.tolist(),
         "values": values.transpose(2, 0, 1).tolist(),  # [class][row][feature]
@@ -108,7 +109,8 @@ def _tables(predictor, meta, splits, out: Path, samples, background, method, see
         for kind, plot in (("beeswarm", shap.plots.beeswarm), ("bar", shap.plots.bar)):
             plot(e, max_display=15, show=False)
             fig = plt.gcf()
-            fig.suptitle(f"SHAP values for P({classes[o]}), {meta['model']} on {meta['data']} ({method})")
+            what = f"the predicted {classes[o]}" if regression else f"P({classes[o]})"
+            fig.suptitle(f"SHAP values for {what}, {meta['model']} on {meta['data']} ({method})")
             files.append(out / f"{kind}_{classes[o]}.png")
             fig.savefig(files[-1], dpi=110, bbox_inches="tight")
             plt.close(fig)
@@ -148,16 +150,12 @@ def _images(model, binary, meta, splits, out: Path, n_images, background, top_k,
         probs = export.probabilities(model(x).float(), binary).numpy()
     explained = ranked if one is None else np.full_like(ranked, one)  # the class of each explained output
 
-    names = np.array([[f"{classes[c]}\n{p[c]:.2f}" for c in row] for row, p in zip(explained, probs)])
     pixels = x.numpy()
-    lo, hi = pixels.min(axis=(1, 2, 3), keepdims=True), pixels.max(axis=(1, 2, 3), keepdims=True)
-    shown = ((pixels - lo) / np.maximum(hi - lo, 1e-12)).transpose(0, 2, 3, 1)  # normalised -> [0, 1] for display
-    shap.image_plot([values[..., j].transpose(0, 2, 3, 1) for j in range(k)], shown, names, show=False)
-    fig = plt.gcf()
-    what = f"the top {k} classes" if one is None else f"the logit of class {classes[one]}"
-    fig.suptitle(f"SHAP (expected gradients) for {what}; true: {', '.join(classes[y] for y in labels)}")
+    title = f"{meta['model']} on {meta['data']}: expected gradients on {len(bg)} background images"
+    fig = image_figure(pixels, values, explained, probs, [classes[y] for y in labels], classes, title,
+                       binary=binary, one=one)  # fmt: skip
     files = [out / "images.png", out / "shap_values.npz", out / "shap.json"]
-    fig.savefig(files[0], dpi=110, bbox_inches="tight")
+    fig.savefig(files[0], dpi=110)
     plt.close(fig)
     np.savez_compressed(files[1], values=values, classes=explained, images=pixels, labels=np.array(labels),
                         test_indices=picked)  # fmt: skip
@@ -170,6 +168,54 @@ def _images(model, binary, meta, splits, out: Path, n_images, background, top_k,
         "value_sums": values.sum(axis=(1, 2, 3)).tolist(),
     })  # fmt: skip
     return files
+
+
+def _of(c: str, output: str) -> str:
+    """What a SHAP value is a contribution to: 'the logit of 3' or 'P(3)'."""
+    return f"the logit of {c}" if output == "logit" else f"P({c})"
+
+
+def image_figure(pixels: np.ndarray, values: np.ndarray, explained_classes: np.ndarray, probs: np.ndarray,
+                 labels: list[str], classes: list[str], title: str, binary: bool = False, one: int | None = None,
+                 output: str = "logit"):  # fmt: skip
+    """The image overlays: one row per image, the image (its true class above it) and, for each class
+    explained, the SHAP values summed over the colour channels over a faint copy of it (red raises
+    the output, blue lowers it; one symmetric scale for the figure, a colour bar below). ``pixels``
+    (N, C, H, W), ``values`` (N, C, H, W, k), ``explained_classes`` (N, k): class indices; ``output``
+    "logit" (what GradientExplainer explains here) or "probability". Titles say what is explained."""
+    n, k = values.shape[0], values.shape[-1]
+    lo, hi = pixels.min(axis=(1, 2, 3), keepdims=True), pixels.max(axis=(1, 2, 3), keepdims=True)
+    shown = ((pixels - lo) / np.maximum(hi - lo, 1e-12)).transpose(0, 2, 3, 1)  # normalised -> [0, 1] for display
+    gray = shown.mean(axis=-1)
+    summed = values.sum(axis=1)  # (N, H, W, k)
+    vmax = float(np.nanpercentile(np.abs(summed), 99.9)) or 1e-12
+    fig, axes = plt.subplots(n, k + 1, figsize=(max(6.0, 1.9 * (k + 1) + 0.6), 1.9 * n + 2.2), dpi=100,
+                             layout="constrained", squeeze=False)  # fmt: skip
+    fig.get_layout_engine().set(w_pad=0.1, h_pad=0.1)  # inches around each panel and the figure's edge
+    for r in range(n):
+        axes[r, 0].imshow(shown[r] if shown.shape[-1] == 3 else gray[r], cmap=None if shown.shape[-1] == 3 else "gray")
+        axes[r, 0].set_title(f"true: {labels[r]}", fontsize=8)
+        for j in range(k):
+            c = int(explained_classes[r, j])
+            ax = axes[r, j + 1]
+            ax.imshow(gray[r], cmap="gray", alpha=0.15)
+            im = ax.imshow(summed[r, ..., j], cmap=shap.plots.colors.red_transparent_blue, vmin=-vmax, vmax=vmax)
+            chance = f"P({classes[c]}) = {probs[r, c]:.2f}"
+            ax.set_title(f"logit of {classes[c]}\n{chance}" if output == "logit" else chance, fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    if one is None:
+        plural = {"logit": "logits", "probability": "probabilities"}[output] if k > 1 else output
+        what = f"the {plural} of each image's " + (f"top {k} classes" if k > 1 else "top class")
+    elif binary and output == "logit":  # the one logit, or its negative: log-odds
+        what = f"{_of(classes[one], output)}\n(the log-odds of {classes[one]} against {classes[1 - one]})"
+    else:
+        what = _of(classes[one], output)
+    fig.suptitle(f"SHAP values of {what}\n{title}", fontsize=10)
+    bar = fig.colorbar(im, ax=axes.ravel().tolist(), location="bottom", shrink=0.6, aspect=30)  # centred
+    target = _of(classes[one], output) if one is not None else f"the {output} of the class above it"
+    bar.set_label(f"SHAP value: contribution to {target}\n(red raises it, blue lowers it)", fontsize=8)
+    return fig
 
 
 def log_to_wandb(run_dir, files: list[Path], say=print) -> None:

@@ -12,6 +12,7 @@ from hpc_dl.course import explain, export
 from hpc_dl.training.run import train
 from tests.conftest import CONFIGS, run_cli
 from tests.course.conftest import QUIET
+from tests.course.test_explain_figures import overlaps
 from tests.telemetry.test_wandb import inspect
 
 pytestmark = pytest.mark.slow
@@ -60,6 +61,27 @@ def test_image_explanations_for_a_small_cnn(digits_run):
     # expected gradients add up only approximately: the sums follow logit - mean background logit
     sums, gap = np.array(result["value_sums"]).ravel(), (logits - np.array(result["background_mean_logits"])).ravel()
     assert np.corrcoef(sums, gap)[0, 1] > 0.9
+
+
+def test_the_image_overlays_say_what_they_explain_and_leave_the_images_clear(digits_run, monkeypatch):
+    """The figure explain saves (images.png): its titles name the logits explained and cover no image."""
+    real, made = explain.image_figure, []
+
+    def keep(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(explain, "image_figure", keep)
+    explain.explain(digits_run, images=2, background=16, top_k=2)
+    (fig,) = made
+    assert fig.get_suptitle().startswith("SHAP values of the logits of each image's top 2 classes\ncnn on digits")
+    result = json.loads((digits_run / "explain" / "shap.json").read_text())
+    panels = [ax.get_title() for ax in fig.axes if ax.images]
+    assert panels[0] == f"true: {result['labels'][0]}"
+    assert panels[1].startswith(f"logit of {result['explained_classes'][0][0]}\nP(")
+    (bar,) = [ax for ax in fig.axes if not ax.images]
+    assert bar.get_xlabel().startswith("SHAP value: contribution to the logit of the class above it")
+    assert overlaps(fig) == []
 
 
 def test_gradient_explainer_on_a_torchvision_resnet(tmp_path):

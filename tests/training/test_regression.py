@@ -109,6 +109,7 @@ def test_explain_explains_the_one_output(csv_run):
     files = explain.explain(run, samples=4, background=10, say=lambda line: None)
     shap = json.loads((run / "explain" / "shap.json").read_text())
     assert shap["classes"] == ["efficacy"] and any(f.name.startswith("beeswarm") for f in files)
+    assert shap["output"] == "prediction (in the target's units)"  # not a class probability
     values, base, predicted = np.array(shap["values"][0]), np.array(shap["base_values"]), np.array(shap["predictions"])
     assert values.sum(1) + base[:, 0] == pytest.approx(predicted[:, 0], rel=1e-4, abs=1e-3)  # additive, in percent
 
