@@ -66,8 +66,8 @@ def _note_own(summary: dict, own, model: bool, data: bool) -> None:
     from hpc_dl.fileio import write_json
 
     spec = own.splits.spec
-    summary.update(own_model=model, own_data=data, task=spec.task,
-                   classes=spec.class_names or [str(i) for i in range(spec.num_classes)])  # fmt: skip
+    classes = [] if spec.task == "regression" else spec.class_names or [str(i) for i in range(spec.num_classes)]
+    summary.update(own_model=model, own_data=data, task=spec.task, classes=classes)
     if spec.task == "regression":
         summary["target_units"] = list(spec.target_units)
     write_json(Path(summary["run_dir"]) / "summary.json", summary)
@@ -82,11 +82,18 @@ def load(run_dir, model=None) -> "Run":
     except (OSError, ValueError):
         raise UserError(f"{run_dir}: no readable summary.json; give the directory of a finished run") from None
     run = Run(path, summary, None, None)
+    if model is None and summary.get("own_model"):
+        raise UserError(f"{run_dir} was trained with your own module ({summary['model']}): pass "
+                        f"hpc_dl.load(run_dir, model={summary['model']}(...)) with the same arguments")  # fmt: skip
     if model is not None:
         from hpc_dl.training.weights import read_state_dict
 
-        state, _ = read_state_dict(path)
-        model.load_state_dict(state)
+        state, weights = read_state_dict(path)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            why = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+            raise UserError(f"{weights} does not fit the {type(model).__name__} given: {why}") from None
         run._model = model.eval()
     return run
 
@@ -143,7 +150,11 @@ class Run:
         self._spec()
         dataset = getattr(self._splits, split)
         pairs = [dataset[i] for i in range(min(n, len(dataset)))]
-        return torch.stack([torch.as_tensor(x) for x, _ in pairs]), torch.as_tensor([y for _, y in pairs])
+        x, y = torch.stack([torch.as_tensor(x) for x, _ in pairs]), torch.as_tensor([y for _, y in pairs])
+        if self._task() == "regression":  # the labels in the target's units, as predict answers
+            shift, scale = self._spec().target_units
+            y = y.double() * scale + shift
+        return x, y
 
     def predict(self, inputs, top_k: int = 3):
         """Class probabilities (or values, for a regression) of ``inputs``: image or CSV file paths
@@ -161,8 +172,12 @@ class Run:
         model = self.model
         x = torch.as_tensor(inputs, dtype=torch.float32)
         device = next(model.parameters()).device
-        with torch.no_grad():
-            out = model(x.to(device)).float().cpu()
+        try:
+            with torch.no_grad():
+                out = model(x.to(device)).float().cpu()
+        except RuntimeError as e:  # e.g. "mat1 and mat2 shapes cannot be multiplied"
+            why = str(e).splitlines()[0]
+            raise UserError(f"predict: inputs of shape {tuple(x.shape)} do not fit the model: {why}") from None
         if self._task() == "regression":  # the model predicts the standardised target
             shift, scale = self.summary.get("target_units") or self._spec().target_units
             return pd.DataFrame({"prediction": out.squeeze(-1).numpy() * scale + shift})
@@ -194,6 +209,11 @@ class Run:
 
         for name in names or [p.name for p in sorted(self.run_dir.glob("*.png"))]:
             display(Image(filename=str(self.run_dir / name)))
+
+    @property
+    def spec(self):
+        """What the data is: input shape, classes, feature names, task, preprocessing."""
+        return self._spec()
 
     def _task(self) -> str:
         return self.summary.get("task") or self._spec().task  # a config's run: its data section knows
@@ -248,7 +268,8 @@ def _override_items(overrides) -> list[str]:
 
     if overrides is None:
         return []
-    if isinstance(overrides, Mapping):
+    if isinstance(overrides, Mapping):  # nested sections are merged key by key, not replaced
+        overrides = _flatten(overrides)
         return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
                 for k, v in overrides.items()]  # fmt: skip
     if isinstance(overrides, str):

@@ -61,6 +61,12 @@ def test_config_as_a_dict_or_a_name_with_cli_overrides_is_the_cli_config():
     assert named.optim.lr == 0.25 and named.data.scaling == "minmax" and named.data.name == "breast_cancer"
 
 
+def test_nested_overrides_merge_into_the_config_not_replace_its_section():
+    nested = hpc_dl.api._config("breast_cancer_mlp", {"optim": {"lr": 0.01}, "train": {"steps": 30}})
+    dotted = config.load("breast_cancer_mlp", ["optim.lr=0.01", "train.steps=30"])
+    assert config.to_dict(nested) == config.to_dict(dotted) and nested.optim.name == "sgd"  # the file's, kept
+
+
 def test_bad_config_values_get_the_cli_message():
     with pytest.raises(ConfigError) as api:
         hpc_dl.train("breast_cancer_mlp", {"optim.lr": -1})
@@ -131,6 +137,12 @@ def test_your_own_module_and_dataset_train_with_the_trainers_features(tmp_path):
         run.export()
     loaded = hpc_dl.load(tmp_path / "own", model=Tiny())
     pd.testing.assert_frame_equal(loaded.predict(Blobs().x[:6]), probs)
+    with pytest.raises(UserError, match=r"your own module \(Tiny\): pass hpc_dl.load\(run_dir, model=Tiny"):
+        hpc_dl.load(tmp_path / "own")
+    with pytest.raises(UserError, match="does not fit the Sequential given"):
+        hpc_dl.load(tmp_path / "own", model=nn.Sequential(nn.Linear(2, 3)))
+    with pytest.raises(UserError, match=r"inputs of shape \(6, 5\) do not fit the model"):
+        run.predict(torch.zeros(6, 5))
 
 
 def test_own_datasets_as_train_val_test_and_as_a_dict(tmp_path):
@@ -180,5 +192,8 @@ def test_own_regression_learns_in_the_targets_units(tmp_path):
     assert test["rmse"] < 30 and test["mae"] <= test["rmse"]  # in the target's units (a spread of 300)
     shift, scale = run.summary["target_units"]
     assert abs(shift - float(y.mean())) < 20 and abs(scale - float(y.std())) < 10
+    x_test, y_test = run.samples("test", 5)  # labels in the target's units, as the predictions
+    assert (run.predict(x_test)["prediction"] - y_test.numpy()).abs().max() < 30 and y_test.min() > 900
+    assert run.summary["classes"] == []
     predicted = run.predict(torch.tensor([[0.0], [0.5], [1.0]]))["prediction"]
     assert [round(v, -1) for v in predicted] == pytest.approx([1000, 1150, 1300], abs=30)

@@ -84,7 +84,8 @@ def _resume(trainer: Trainer, ckpts: CheckpointDir, resume: str | None) -> Path 
         if ckpts.files():
             raise UserError(
                 f"{ckpts.path.parent} already holds checkpoints of an earlier run; "
-                "pass --resume auto to continue it, or choose another --run-dir / log.run_name"
+                'pass --resume auto (Python: resume="auto") to continue it, or choose another --run-dir '
+                "(run_dir=) / log.run_name"
             )
         return None
     path = Path(resume)

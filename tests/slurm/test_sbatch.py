@@ -66,14 +66,19 @@ def _worker_on(node: str, job: str) -> tuple[int, int]:
     raise AssertionError(f"no training process of job {job} on {node}")
 
 
-def test_a_node_made_slow_is_named_as_a_straggler_and_in_the_report(slurm, tmp_path):
-    job = sbatch("--nodes=2", *SMALL, TEMPLATE, *MLP, "train.steps=2000", "log.every=40", f"log.dir={tmp_path}/runs",
-                 cwd=tmp_path, env={"PROJECT": str(ROOT)})  # fmt: skip
-    log = tmp_path / f"slurm-hpc_dl-{job}.out"
+def _two_node_run(tmp_path, *overrides):
+    """A two-node MLP job, once it has logged its first window: (job, its log, run dir, the pid and
+    rank of its training process on hpcdl-n2)."""
+    job = sbatch("--nodes=2", *SMALL, TEMPLATE, *MLP, *overrides, f"log.dir={tmp_path}/runs", cwd=tmp_path,
+                 env={"PROJECT": str(ROOT)})  # fmt: skip
     run_dir = tmp_path / "runs" / f"breast_cancer-mlp-job{job}"
     wait_until(lambda: (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").stat().st_size, 240,
                "the first log window")  # fmt: skip
-    pid, rank = _worker_on("hpcdl-n2", job)
+    return job, tmp_path / f"slurm-hpc_dl-{job}.out", run_dir, *_worker_on("hpcdl-n2", job)
+
+
+def test_a_node_made_slow_is_named_as_a_straggler_and_in_the_report(slurm, tmp_path):
+    job, log, run_dir, pid, rank = _two_node_run(tmp_path, "train.steps=2000", "log.every=40")
     done = threading.Event()
 
     def slow_down():  # the rank on hpcdl-n2 runs half the time, as on a node with a failing fan
@@ -136,14 +141,8 @@ def test_a_rank_stopped_on_another_node_is_named_and_diagnose_agrees(slurm, tmp_
     """The hang across nodes: the rank on hpcdl-n2 is stopped (SIGSTOP) mid-run, out of reach of the
     survivor on hpcdl-n1, which names it with its host and the collective after dist.timeout_s; the
     job ends when Slurm tears the step down; the dumps left in RUN_DIR/hang say the same afterwards."""
-    job = sbatch("--nodes=2", *SMALL, TEMPLATE, *MLP, "train.steps=100000", "log.every=5", "dist.timeout_s=15",
-                 "dist.preflight=false", f"log.dir={tmp_path}/runs", cwd=tmp_path,
-                 env={"PROJECT": str(ROOT)})  # fmt: skip
-    log = tmp_path / f"slurm-hpc_dl-{job}.out"
-    run_dir = tmp_path / "runs" / f"breast_cancer-mlp-job{job}"
-    wait_until(lambda: (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").stat().st_size, 240,
-               "the first log window")  # fmt: skip
-    pid, rank = _worker_on("hpcdl-n2", job)
+    job, log, run_dir, pid, rank = _two_node_run(tmp_path, "train.steps=100000", "log.every=5", "dist.timeout_s=15",
+                                                 "dist.preflight=false")  # fmt: skip
     stopped_at = time.monotonic()
     os.kill(pid, signal.SIGSTOP)
     try:
