@@ -249,17 +249,7 @@ def _config(config, overrides) -> configs.Config:
         return configs.load(config, items)
     if not isinstance(config, Mapping):
         raise UserError(f"config: a YAML path, a shipped config's name or a dict, not {type(config).__name__}")
-    return configs.load(None, [*_override_items(_flatten(config)), *items])
-
-
-def _flatten(tree: Mapping, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+    return configs.load(None, [*_override_items(configs.flatten(config)), *items])
 
 
 def _override_items(overrides) -> list[str]:
@@ -269,7 +259,7 @@ def _override_items(overrides) -> list[str]:
     if overrides is None:
         return []
     if isinstance(overrides, Mapping):  # nested sections are merged key by key, not replaced
-        overrides = _flatten(overrides)
+        overrides = configs.flatten(overrides)
         return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
                 for k, v in overrides.items()]  # fmt: skip
     if isinstance(overrides, str):

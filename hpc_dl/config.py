@@ -17,6 +17,7 @@ import re
 import signal
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -519,6 +520,17 @@ def _drop_other_variants_keys(tree: dict, origins: dict[str, str]) -> None:
         for key in [k for k in node if k not in keep]:
             if not any(_related(f"{section}.{key}", given) for given in origins):
                 del node[key]
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict:
+    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}: a nested config as its dotted keys."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def to_dict(cfg: Config) -> dict:

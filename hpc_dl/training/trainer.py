@@ -19,7 +19,7 @@ from torch import nn
 
 from hpc_dl import checkpoint
 from hpc_dl.checkpoint import CheckpointDir
-from hpc_dl.config import Config, to_dict
+from hpc_dl.config import Config, flatten, to_dict
 from hpc_dl.data.loader import BatchStream, eval_batches
 from hpc_dl.data.spec import Splits
 from hpc_dl.distributed import precision
@@ -356,22 +356,12 @@ def _batch_hint(target: int, ws: int, bs: int, only: tuple | None) -> str:
     return f"set data.batch_size={fits} train.grad_accum={per_rank // fits}"
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _check_config(path, state: dict, cfg: Config) -> None:
     """Refuse a resume whose config changes what was trained (the strategy may change: single and
     DDP write the same state; DeepSpeed's folders are refused by their loader)."""
     if not state.get("config"):
         return
-    old, new = _flat(state["config"]), _flat(to_dict(cfg))
+    old, new = flatten(state["config"]), flatten(to_dict(cfg))
     # A key the checkpoint's config lacks and this one holds at its default is a setting hpc_dl
     # added since (data.task): it cannot have changed what was trained.
     added = {k for k in new.keys() - old.keys() if new[k] == _defaults(cfg).get(k)}
@@ -390,7 +380,7 @@ def _check_config(path, state: dict, cfg: Config) -> None:
 
 def _defaults(cfg: Config) -> dict:
     """Every setting's default, flattened, for the model and data variants ``cfg`` uses."""
-    return _flat({f.name: to_dict(type(getattr(cfg, f.name))()) for f in dataclasses.fields(cfg)})
+    return flatten({f.name: to_dict(type(getattr(cfg, f.name))()) for f in dataclasses.fields(cfg)})
 
 
 def _planned_steps(saved: dict | None) -> int | None:
